@@ -18,7 +18,9 @@ def key_path(where: str, key: str | int) -> str:
     """Join a location ("configs/devices/x.toml: current_model") and a key into one path."""
     if isinstance(key, int):
         return f"{where}[{key}]"
-    separator = "." if where and not where.endswith(": ") else ""
+    if not where:
+        return str(key)
+    separator = " " if where.endswith(":") else "."
     return f"{where}{separator}{key}"
 
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from simulation.config import ConfigError, reject_unknown_keys, require_mapping
+from simulation.config import ConfigError, key_path, reject_unknown_keys, require_mapping
 from simulation.nonidealities.base import Draws
 
 CURRENT_MODELS: dict[str, type[CurrentModel]] = {}
@@ -131,7 +131,7 @@ def current_model_from_config(config: Mapping[str, Any], where: str) -> CurrentM
     kind = table.get("kind")
     if kind not in CURRENT_MODELS:
         raise ConfigError(
-            f"{where}.kind: {kind!r} is not a known current model; "
+            f"{key_path(where, 'kind')}: {kind!r} is not a known current model; "
             f"allowed: {sorted(CURRENT_MODELS)}"
         )
     return CURRENT_MODELS[kind].from_config(table, where)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from simulation.config import ConfigError, read_float
+from simulation.config import ConfigError, key_path, read_float
 
 MAPPING_RULES = ("min", "avg")
 
@@ -46,7 +46,9 @@ class ConductanceRange:
         g_off = read_float(config, "g_off", where, minimum=0.0, exclusive_minimum=True)
         g_on = read_float(config, "g_on", where, minimum=0.0, exclusive_minimum=True)
         if g_on <= g_off:
-            raise ConfigError(f"{where}.g_on: {g_on!r} S must be larger than g_off = {g_off!r} S")
+            raise ConfigError(
+                f"{key_path(where, 'g_on')}: {g_on!r} S must be larger than g_off = {g_off!r} S"
+            )
         return cls(g_off, g_on)
 
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from simulation.config import ConfigError, require_mapping
+from simulation.config import ConfigError, key_path, require_mapping
 from simulation.mapping import ConductanceRange
 
 Draws = dict[str, torch.Tensor]
@@ -80,6 +80,7 @@ def disturbance_from_config(config: Mapping[str, Any], where: str) -> Disturbanc
     kind = table.get("kind")
     if kind not in DISTURBANCES:
         raise ConfigError(
-            f"{where}.kind: {kind!r} is not a known nonideality; allowed: {sorted(DISTURBANCES)}"
+            f"{key_path(where, 'kind')}: {kind!r} is not a known nonideality; "
+            f"allowed: {sorted(DISTURBANCES)}"
         )
     return DISTURBANCES[kind].from_config(table, where)

@@ -1,0 +1,1 @@
+"""Memristive layers, trainer, memristive validation, power and energy, datasets."""
