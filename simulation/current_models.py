@@ -8,13 +8,30 @@ device power sum |V * I| over the array per example (batch,) in W, as fast as th
 
 from __future__ import annotations
 
+import math
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from simulation.config import ConfigError, key_path, reject_unknown_keys, require_mapping
+from simulation.config import (
+    ConfigError,
+    key_path,
+    read_float,
+    read_float_list,
+    read_int,
+    reject_unknown_keys,
+    require_mapping,
+)
+from simulation.expansion import bessel_i, chebyshev_basis, expansion_weights, terms_for_tolerance
+from simulation.iv import (
+    ROOM_TEMPERATURE,
+    poole_frenkel_current,
+    poole_frenkel_exponent_coefficient,
+    power_law_current,
+)
 from simulation.nonidealities.base import Draws
 
 CURRENT_MODELS: dict[str, type[CurrentModel]] = {}
@@ -123,6 +140,383 @@ class Ohmic(CurrentModel):
     def from_config(cls, config: Mapping[str, Any], where: str) -> Ohmic:
         reject_unknown_keys(config, ["kind"], where)
         return cls()
+
+
+_TINY_HALF_WIDTH = 1e-3
+"""Smallest half-width of a row's interval of beta, relative to its midpoint (see PooleFrenkel)."""
+
+
+def _read_pair(config: Mapping[str, Any], key: str, where: str, **kwargs: Any) -> tuple[float, ...]:
+    return tuple(read_float_list(config, key, where, length=2, **kwargs))
+
+
+class PooleFrenkel(CurrentModel):
+    """Poole-Frenkel conduction with parameters drawn from a regression on resistance.
+
+    Per device, with R = 1/G in Ohm (G in S, already disturbed):
+
+        [ln c, ln d_epsilon] = slope * ln R + intercept + eps,    eps ~ N(0, Sigma),
+        I = sgn(V) c |V| exp((q / (k_B T)) sqrt(q |V| / (pi d_epsilon)))
+          = sgn(V) c |V| exp(beta sqrt|V|),        beta = (q / (k_B T)) sqrt(q / (pi d_epsilon))
+
+    (Joksas et al. 2022, published version; `simulation.iv.poole_frenkel_current`). Sigma has
+    standard deviations `residual_std` = [s1, s2] (of ln c and ln d_epsilon) and correlation
+    `residual_correlation` rho; `draw` returns independent standard normals z (2, rows, cols) and
+    eps = L z with the Cholesky factor L = [[s1, 0], [rho s2, s2 sqrt(1 - rho^2)]], so a draw does
+    not depend on G. The paper's fits (`high_r_siox`, `low_r_siox`): high-R SiOx slope =
+    [-1.03, -0.0901], intercept = [-0.251, -37.1]; low-R SiOx slope = [-1.12, -1.34], intercept =
+    [0.628, -25.9]. Sigma was never published; the default residual_std = [0.1, 0.4],
+    residual_correlation = 0.6 is our estimate from crude PF fits to 30 digitised edge-state curves
+    (std of ln c residuals 0.02-0.15, of ln d_epsilon 0.35-0.5, correlation 0.5-0.8).
+
+    `column_currents` is fast with a bounded error. With s = sqrt|V| per row, each row i takes the
+    interval [b0_i - h_i, b0_i + h_i] of beta over its devices (detached, recomputed every call) and
+    expands exp(beta s) in Chebyshev polynomials of t = (beta - b0_i) / h_i with modified Bessel
+    coefficients (`simulation.expansion`):
+
+        I_bij = sum_k F_k(b, i) W_k(i, j),
+        F_k = V_bi exp(b0_i s_bi) a_k I_k(h_i s_bi),   W_k = c_ij T_k(t_ij),  a = (1, 2, 2, ...),
+
+    so the bit-line currents are one matrix product (batch, rows K) @ (rows K, cols). The number of
+    terms K is the smallest whose bound on the relative error of every device current,
+    exp(x) 2 sum_{k >= K} I_k(x) at x = max_i h_i max_b s_bi, is <= `expansion_tolerance` (default
+    1e-6; the bound is in `last_error_bound`, K in `last_terms`). If `max_terms` terms cannot meet
+    it, the exact elementwise path is used with a RuntimeWarning (`last_fallback_reason` says why).
+    Bit-line currents then differ from the exact ones by at most tolerance * sum_i |I_ij| (plus
+    rounding); the device power sum_ij |V_bi I_bij| = sum_i |V_bi| |sum_j I_bij| (all currents of a
+    row share the sign of V) by at most tolerance relative. Gradients reach V and G (through c and
+    beta) by autodiff; the interval, K and the bound are outside the graph. A row's half-width is at
+    least 1e-3 of its midpoint, so that t stays well-conditioned when all its devices are equal.
+    """
+
+    kind = "poole_frenkel"
+
+    _KEYS: ClassVar[tuple[str, ...]] = (
+        "kind",
+        "slope",
+        "intercept",
+        "residual_std",
+        "residual_correlation",
+        "temperature",
+        "expansion_tolerance",
+        "max_terms",
+    )
+
+    def __init__(
+        self,
+        slope: Sequence[float],
+        intercept: Sequence[float],
+        residual_std: Sequence[float] = (0.1, 0.4),
+        residual_correlation: float = 0.6,
+        temperature: float = ROOM_TEMPERATURE,
+        expansion_tolerance: float = 1e-6,
+        max_terms: int = 32,
+    ) -> None:
+        values = self._read(
+            {
+                "slope": list(slope),
+                "intercept": list(intercept),
+                "residual_std": list(residual_std),
+                "residual_correlation": residual_correlation,
+                "temperature": temperature,
+                "expansion_tolerance": expansion_tolerance,
+                "max_terms": max_terms,
+            },
+            self.kind,
+        )
+        self.slope: tuple[float, ...] = values["slope"]
+        self.intercept: tuple[float, ...] = values["intercept"]
+        self.residual_std: tuple[float, ...] = values["residual_std"]
+        self.residual_correlation: float = values["residual_correlation"]
+        self.temperature: float = values["temperature"]
+        self.expansion_tolerance: float = values["expansion_tolerance"]
+        self.max_terms: int = values["max_terms"]
+        self.last_method: str | None = None
+        """"expansion" or "exact": how the last `column_currents` call computed."""
+        self.last_terms: int | None = None
+        """Number of expansion terms K of the last expanded call."""
+        self.last_error_bound: float | None = None
+        """Bound on the relative error of every device current in the last call (0 when exact)."""
+        self.last_fallback_reason: str | None = None
+        """Why the last call fell back to the exact path (None when it did not)."""
+
+    @classmethod
+    def high_r_siox(cls, **kwargs: Any) -> PooleFrenkel:
+        """The paper's high-resistance SiOx regression (with our default Sigma unless given)."""
+        return cls(slope=(-1.03, -0.0901), intercept=(-0.251, -37.1), **kwargs)
+
+    @classmethod
+    def low_r_siox(cls, **kwargs: Any) -> PooleFrenkel:
+        """The paper's low-resistance SiOx regression (with our default Sigma unless given)."""
+        return cls(slope=(-1.12, -1.34), intercept=(0.628, -25.9), **kwargs)
+
+    @staticmethod
+    def _read(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+        return {
+            "slope": _read_pair(config, "slope", where),
+            "intercept": _read_pair(config, "intercept", where),
+            "residual_std": _read_pair(
+                config, "residual_std", where, minimum=0.0, default=(0.1, 0.4)
+            ),
+            "residual_correlation": read_float(
+                config, "residual_correlation", where, default=0.6, minimum=-1.0, maximum=1.0
+            ),
+            "temperature": read_float(
+                config,
+                "temperature",
+                where,
+                default=ROOM_TEMPERATURE,
+                minimum=0.0,
+                exclusive_minimum=True,
+            ),
+            "expansion_tolerance": read_float(
+                config,
+                "expansion_tolerance",
+                where,
+                default=1e-6,
+                minimum=0.0,
+                exclusive_minimum=True,
+                maximum=1.0,
+            ),
+            "max_terms": read_int(config, "max_terms", where, default=32, minimum=1, maximum=64),
+        }
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "slope": list(self.slope),
+            "intercept": list(self.intercept),
+            "residual_std": list(self.residual_std),
+            "residual_correlation": self.residual_correlation,
+            "temperature": self.temperature,
+            "expansion_tolerance": self.expansion_tolerance,
+            "max_terms": self.max_terms,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], where: str) -> PooleFrenkel:
+        reject_unknown_keys(config, cls._KEYS, where)
+        return cls(**cls._read(config, where))
+
+    @property
+    def is_random(self) -> bool:
+        """True unless both residual standard deviations are 0."""
+        return any(std > 0 for std in self.residual_std)
+
+    def draw(
+        self,
+        shape: tuple[int, int],
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Draws:
+        """Independent standard normals "normals" (2, rows, cols); none if Sigma = 0."""
+        if not self.is_random:
+            return {}
+        return {"normals": torch.randn((2, *shape), generator=generator, dtype=dtype)}
+
+    def log_parameters(
+        self, conductances: torch.Tensor, draws: Draws
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ln c (c in S) and ln d_epsilon (d_epsilon in F) per device, each (rows, cols)."""
+        log_r = -torch.log(conductances)
+        log_c = self.slope[0] * log_r + self.intercept[0]
+        log_d = self.slope[1] * log_r + self.intercept[1]
+        normals = draws.get("normals")
+        if normals is not None:
+            s1, s2 = self.residual_std
+            rho = self.residual_correlation
+            log_c = log_c + s1 * normals[0]
+            log_d = log_d + (s2 * rho) * normals[0] + (s2 * math.sqrt(1.0 - rho * rho)) * normals[1]
+        return log_c, log_d
+
+    def _log_c_and_beta(
+        self, conductances: torch.Tensor, draws: Draws
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        log_c, log_d = self.log_parameters(conductances, draws)
+        # beta = beta(d_epsilon = 1 F) / sqrt(d_epsilon)
+        unit = poole_frenkel_exponent_coefficient(1.0, self.temperature)
+        return log_c, unit * torch.exp(-0.5 * log_d)
+
+    def device_currents(
+        self, voltages: torch.Tensor, conductances: torch.Tensor, draws: Draws
+    ) -> torch.Tensor:
+        log_c, log_d = self.log_parameters(conductances, draws)
+        return poole_frenkel_current(
+            voltages.unsqueeze(-1), torch.exp(log_c), torch.exp(log_d), self.temperature
+        )
+
+    def column_currents(
+        self, voltages: torch.Tensor, conductances: torch.Tensor, draws: Draws
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        result = self.expanded_column_currents(voltages, conductances, draws)
+        if result is not None:
+            return result
+        warnings.warn(
+            f"PooleFrenkel.column_currents: {self.last_fallback_reason}; "
+            "using the exact elementwise path",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        self.last_method, self.last_terms, self.last_error_bound = "exact", None, 0.0
+        return super().column_currents(voltages, conductances, draws)
+
+    def expanded_column_currents(
+        self, voltages: torch.Tensor, conductances: torch.Tensor, draws: Draws
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The Chebyshev-Bessel fast path of `column_currents` (see the class docstring).
+
+        Returns None (and sets `last_fallback_reason`) when `max_terms` terms cannot meet
+        `expansion_tolerance`.
+        """
+        rows, cols = conductances.shape
+        batch = voltages.shape[0]
+        log_c, beta = self._log_c_and_beta(conductances, draws)
+        tiny = torch.finfo(voltages.dtype).tiny
+        with torch.no_grad():
+            low, high = beta.amin(dim=1), beta.amax(dim=1)
+            centre = 0.5 * (low + high)
+            half = torch.maximum(0.5 * (high - low), _TINY_HALF_WIDTH * centre).clamp_min(tiny)
+            if batch:
+                root_max = voltages.abs().amax(dim=0).sqrt()
+                x_max = float((half * root_max).max())
+            else:
+                x_max = 0.0
+        found = terms_for_tolerance(x_max, self.expansion_tolerance, self.max_terms)
+        if found is None:
+            self.last_fallback_reason = (
+                f"the expansion bound at h*sqrt|V| = {x_max:.3g} needs more than max_terms = "
+                f"{self.max_terms} terms for expansion_tolerance = {self.expansion_tolerance:g}"
+            )
+            return None
+        terms, bound = found
+        self.last_method, self.last_terms, self.last_error_bound = "expansion", terms, bound
+        self.last_fallback_reason = None
+
+        t = (beta - centre.unsqueeze(1)) / half.unsqueeze(1)
+        weights = torch.exp(log_c).unsqueeze(1) * chebyshev_basis(t, terms, dim=1)
+        root = voltages.abs().clamp_min(tiny).sqrt()
+        a = expansion_weights(terms, voltages.dtype)
+        features = bessel_i(half * root, terms) * (
+            (voltages * torch.exp(centre * root)).unsqueeze(-1) * a
+        )
+        currents = features.reshape(batch, rows * terms) @ weights.reshape(rows * terms, cols)
+        # All currents of a row share the sign of V: sum_j |V I_ij| = |V| |sum_j I_ij|.
+        row_currents = (features * weights.sum(dim=2)).sum(dim=-1)
+        power = (voltages.abs() * row_currents.abs()).sum(dim=-1)
+        return currents, power
+
+
+_TRUNCATION_LIMIT = 30.0
+"""Largest distance (in standard deviations) of a truncation point above the mean we sample."""
+
+
+def sample_truncated_normal(
+    shape: tuple[int, ...],
+    mean: float,
+    std: float,
+    lower: float,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Samples of N(mean, std^2) conditioned on >= lower, by the inverse CDF (exact truncation).
+
+    x = mean + std * z with z = -Phi^-1(u * Phi(-alpha)), alpha = (lower - mean) / std and u
+    uniform on (0, 1]: the upper-tail form stays accurate when lower is far above the mean. Computed
+    in float64; the final cast is followed by a clamp to `lower` that only undoes rounding.
+    Needs std > 0 and alpha <= 30.
+    """
+    if not std > 0:
+        raise ValueError(f"std must be > 0, got {std}")
+    alpha = (lower - mean) / std
+    if alpha > _TRUNCATION_LIMIT:
+        raise ValueError(f"lower is {alpha:.3g} standard deviations above the mean (limit 30)")
+    tail = 0.5 * math.erfc(alpha / math.sqrt(2.0))  # Phi(-alpha) = P(Z >= alpha)
+    uniform = 1.0 - torch.rand(shape, generator=generator, dtype=torch.float64)
+    z = -torch.special.ndtri(uniform * tail)
+    return (mean + std * z).to(dtype).clamp_min(lower)
+
+
+class PowerLaw(CurrentModel):
+    """Power-law I-V curve with a random nonlinearity parameter n per device (arXiv v1 model).
+
+    I = sgn(V) G v_ref (|V| / v_ref) ** log2(n), so n = I(2V) / I(V) (n = 2 is Ohmic) and
+    I(v_ref) = G v_ref (`simulation.iv.power_law_current`). n is drawn per device from N(n_mean,
+    n_std^2) truncated to n >= 2 (exact inverse-CDF sampling; n <= 1 is unphysical, 1 < n < 2
+    atypical). Paper values (`high_r_siox`, `low_r_siox`): high-R SiOx n = 2.99 +- 0.369, low-R
+    SiOx n = 2.13 +- 0.0953, v_ref = 0.25 V.
+
+    `column_currents` keeps the base class's chunked elementwise path: an expansion like
+    PooleFrenkel's in the exponent p = log2(n) would multiply p by ln(|V| / v_ref), which is
+    unbounded as V -> 0, so no fixed number of terms bounds the relative error of every device.
+    """
+
+    kind = "power_law"
+
+    _KEYS: ClassVar[tuple[str, ...]] = ("kind", "n_mean", "n_std", "v_ref")
+
+    def __init__(self, n_mean: float, n_std: float, v_ref: float = 0.25) -> None:
+        values = self._read({"n_mean": n_mean, "n_std": n_std, "v_ref": v_ref}, self.kind)
+        self.n_mean: float = values["n_mean"]
+        self.n_std: float = values["n_std"]
+        self.v_ref: float = values["v_ref"]
+
+    @classmethod
+    def high_r_siox(cls) -> PowerLaw:
+        """The paper's (arXiv v1) high-resistance SiOx devices: n = 2.99 +- 0.369."""
+        return cls(n_mean=2.99, n_std=0.369)
+
+    @classmethod
+    def low_r_siox(cls) -> PowerLaw:
+        """The paper's (arXiv v1) low-resistance SiOx devices: n = 2.13 +- 0.0953."""
+        return cls(n_mean=2.13, n_std=0.0953)
+
+    @staticmethod
+    def _read(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+        n_mean = read_float(config, "n_mean", where)
+        n_std = read_float(config, "n_std", where, minimum=0.0)
+        v_ref = read_float(
+            config, "v_ref", where, default=0.25, minimum=0.0, exclusive_minimum=True
+        )
+        if n_std == 0 and n_mean < 2:
+            raise ConfigError(
+                f"{key_path(where, 'n_mean')}: {n_mean!r} is out of range; with n_std = 0 "
+                "allowed: >= 2"
+            )
+        if n_std > 0 and (2.0 - n_mean) / n_std > _TRUNCATION_LIMIT:
+            raise ConfigError(
+                f"{key_path(where, 'n_mean')}: {n_mean!r} is more than {_TRUNCATION_LIMIT:g} "
+                f"n_std = {n_std!r} below the truncation point 2"
+            )
+        return {"n_mean": n_mean, "n_std": n_std, "v_ref": v_ref}
+
+    def to_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n_mean": self.n_mean, "n_std": self.n_std, "v_ref": self.v_ref}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], where: str) -> PowerLaw:
+        reject_unknown_keys(config, cls._KEYS, where)
+        return cls(**cls._read(config, where))
+
+    def draw(
+        self,
+        shape: tuple[int, int],
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Draws:
+        """The nonlinearity "n" (rows, cols), all >= 2; none when n_std = 0 (n = n_mean)."""
+        if self.n_std == 0:
+            return {}
+        return {"n": sample_truncated_normal(shape, self.n_mean, self.n_std, 2.0, generator, dtype)}
+
+    def device_currents(
+        self, voltages: torch.Tensor, conductances: torch.Tensor, draws: Draws
+    ) -> torch.Tensor:
+        nonlinearity = draws.get("n")
+        if nonlinearity is None:
+            if self.n_std > 0:
+                raise KeyError('PowerLaw: draws lack "n"; call draw() first')
+            nonlinearity = torch.tensor(self.n_mean, dtype=voltages.dtype)
+        return power_law_current(voltages.unsqueeze(-1), conductances, nonlinearity, self.v_ref)
 
 
 def current_model_from_config(config: Mapping[str, Any], where: str) -> CurrentModel:

@@ -91,7 +91,9 @@ def _bessel_i_values(x: torch.Tensor, orders: int) -> torch.Tensor:
     y_max = float(y.max()) if y.numel() else 0.0
     if not math.isfinite(y_max):
         raise ValueError("bessel_i: non-finite argument")
-    limit = 0.25 * (18.0 if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else 50.0) ** 2
+    limit = (
+        0.25 * (18.0 if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else 50.0) ** 2
+    )
     if y_max > limit:
         raise ValueError(
             f"bessel_i: |x| = {2 * math.sqrt(y_max):.3g} is too large for the power series in "

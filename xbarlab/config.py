@@ -20,6 +20,7 @@ from simulation.config import (
 from simulation.device_model import DeviceModel
 from training.experiment import DataConfig, ExperimentConfig, read_training_table
 from training.layers import SAMPLING_MODES
+from training.networks import validate_spec
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_KEYS = ("name", "description", "device", "data", "network", "training", "evaluation")
@@ -80,7 +81,10 @@ def experiment_from_mapping(config: Mapping[str, Any], where: str) -> Experiment
     if "device" in table:
         device = load_device_model(table["device"], key_path(where, "device"))
     data = DataConfig.from_config(table.get("data", {}), key_path(where, "data"))
-    network = dict(require_mapping(table.get("network", {}), key_path(where, "network")))
+    network_where = key_path(where, "network")
+    network = dict(require_mapping(table.get("network", {}), network_where))
+    # Fail at load time, not after the data is read: the dataset fills shape and classes later.
+    validate_spec({"input_shape": [1, 1, 1], "classes": 2, **network}, network_where)
     trainer, aware, sampling, chip_seed = read_training_table(
         table.get("training", {}), key_path(where, "training")
     )
