@@ -2,16 +2,20 @@
 
 Compares plain nn.Linear layers with minimal inline memristive layers (double weights, high-R SiOx,
 k_V = 0.5 V, fresh Poole-Frenkel draws every step) whose currents come from
+  - V @ G (Ohmic, no draws: the cost of the mapping alone),
+  - V @ G after drawing the Poole-Frenkel residuals (mapping + draws, the floor for any PF path),
   - the exact elementwise model (`device_currents` summed over rows), and
-  - the Chebyshev-Bessel fast path (`column_currents`).
-Prints the median step time, steps/s and the ratio to the ideal step.
+  - the fast path (`PooleFrenkel.column_currents`).
+Prints the median step time, steps/s and the median ratio to the ideal step of the same repeat
+(the implementations are interleaved, so a slow phase of a shared machine hits all alike).
 
-    python benchmarks/bench_current_models.py [--repeats 15] [--steps 20]
+    python -m benchmarks.bench_current_models [--repeats 15] [--steps 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -46,20 +50,26 @@ def ideal_step(generator: torch.Generator) -> Callable[[torch.Tensor, torch.Tens
 
 
 def memristive_step(
-    generator: torch.Generator, fast: bool
+    generator: torch.Generator, mode: str
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """mode: "exact" (device_currents summed), "fast" (column_currents), "ohmic" (V @ G, no
+    draws: what the mapping alone costs) or "draws" (V @ G after drawing the PF residuals)."""
     pf = PooleFrenkel.high_r_siox()
     thetas = [
         torch.rand(m + 1, 2 * n, generator=generator).requires_grad_()
-        for m, n in zip(SIZES[:-1], SIZES[1:], strict=True)
+        for m, n in itertools.pairwise(SIZES)
     ]
     optimiser = torch.optim.SGD(thetas, lr=0.01)
 
     def layer(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         conductances, k_g = double_weights_to_conductances(theta, G_RANGE)
         voltages = K_V * append_bias_input(x)
+        if mode == "ohmic":
+            return currents_to_outputs(voltages @ conductances, K_V, k_g)
         draws = pf.draw(tuple(theta.shape), generator)
-        if fast:
+        if mode == "draws":
+            return currents_to_outputs(voltages @ conductances, K_V, k_g)
+        if mode == "fast":
             currents, _ = pf.column_currents(voltages, conductances, draws)
         else:
             currents = pf.device_currents(voltages, conductances, draws).sum(dim=-2)
@@ -78,41 +88,54 @@ def memristive_step(
     return step
 
 
-def time_step(step: Callable[[torch.Tensor, torch.Tensor], None], repeats: int, steps: int) -> float:
+def time_steps(
+    steps: dict[str, Callable[[torch.Tensor, torch.Tensor], None]],
+    repeats: int,
+    counts: dict[str, int],
+) -> dict[str, list[float]]:
+    """Seconds per step of each implementation, `repeats` times, interleaved so that a slow
+    phase of a shared machine hits all of them alike."""
     generator = torch.Generator().manual_seed(1)
     x = torch.rand(BATCH, 784, generator=generator)
     y = torch.randint(0, 10, (BATCH,), generator=generator)
-    for _ in range(3):
-        step(x, y)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
+    for step in steps.values():
+        for _ in range(3):
             step(x, y)
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(counts[name]):
+                step(x, y)
+            times[name].append((time.perf_counter() - start) / counts[name])
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timing (exact: 1/10)")
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
-    cases = {
+    steps = {
         "nn.Linear (ideal)": ideal_step(generator),
-        "PF exact elementwise": memristive_step(generator, fast=False),
-        "PF fast column_currents": memristive_step(generator, fast=True),
+        "Ohmic crossbar (mapping)": memristive_step(generator, "ohmic"),
+        "Ohmic + PF draws": memristive_step(generator, "draws"),
+        "PF exact elementwise": memristive_step(generator, "exact"),
+        "PF fast column_currents": memristive_step(generator, "fast"),
     }
+    counts = {
+        name: args.steps if "exact" not in name else max(1, args.steps // 10) for name in steps
+    }
+    times = time_steps(steps, args.repeats, counts)
+    ideal = times["nn.Linear (ideal)"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}")
     print(f"{'implementation':<26} {'ms/step':>9} {'steps/s':>9} {'ratio':>7}")
-    ideal = None
-    for name, step in cases.items():
-        repeats = args.repeats if "exact" not in name else max(3, args.repeats // 5)
-        steps = args.steps if "exact" not in name else max(2, args.steps // 10)
-        seconds = time_step(step, repeats, steps)
-        ideal = ideal or seconds
-        print(f"{name:<26} {1e3 * seconds:9.3f} {1 / seconds:9.1f} {seconds / ideal:6.1f}x")
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        ratio = statistics.median(s / i for s, i in zip(seconds, ideal, strict=True))
+        print(f"{name:<26} {1e3 * median:9.3f} {1 / median:9.1f} {ratio:6.1f}x")
+    print("ratio: median over repeats of (step time / ideal step time of the same repeat)")
 
 
 if __name__ == "__main__":

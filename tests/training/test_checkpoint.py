@@ -57,13 +57,13 @@ def test_ideal_network_round_trip(tmp_path):
 
 def test_not_a_checkpoint_and_truncated_files_are_rejected(tmp_path):
     torch.save({"some": "thing"}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="other.pt: not an xbarlab checkpoint"):
+    with pytest.raises(CheckpointError, match=r"other\.pt: not an xbarlab checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
     network = build_network(SPEC)
     path = save_checkpoint(tmp_path / "b.pt", network, SPEC)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="b.pt: not a readable xbarlab checkpoint"):
+    with pytest.raises(CheckpointError, match=r"b\.pt: not a readable xbarlab checkpoint"):
         load_checkpoint(path)
 
 

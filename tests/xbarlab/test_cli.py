@@ -33,7 +33,7 @@ def test_train_prints_every_accuracy_and_power_and_writes_a_checkpoint(tmp_path,
     watts, tops = float(power.group(1)), float(power.group(2))
     # 64-25-10 network: (64 + 1) * 25 + (25 + 1) * 10 = 1885 synapses, t_read = 50 ns.
     assert tops == pytest.approx(2 * 1885 / (50e-9 * watts) / 1e12, rel=1e-3)
-    network, spec, metadata = load_checkpoint(checkpoint)
+    _, spec, metadata = load_checkpoint(checkpoint)
     assert spec["hidden"] == [25] and metadata["aware"] is True
     assert metadata["trainer"]["epochs"] == 3
 

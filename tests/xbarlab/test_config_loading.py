@@ -54,7 +54,8 @@ def test_every_shipped_config_loads():
 
 
 def test_unknown_preset_lists_the_available_ones():
-    with pytest.raises(ConfigError, match="'siox-medium' does not exist; available: .*siox-high-r"):
+    expected = r"'siox-medium' does not exist; available: .*siox-high-r"
+    with pytest.raises(ConfigError, match=expected):
         load_device_model("siox-medium")
 
 
@@ -84,5 +85,5 @@ def test_bad_experiment_files_name_file_key_and_value(tmp_path, text, fragment):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="nothing.toml: config file not found"):
+    with pytest.raises(ConfigError, match=r"nothing\.toml: config file not found"):
         load_experiment(tmp_path / "nothing.toml")
