@@ -68,6 +68,9 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=0.005, help="paper: 0.01 with sgd")
     parser.add_argument("--limit-train", type=int, help="use only this many training examples")
     parser.add_argument("--limit-test", type=int, help="use only this many test examples")
+    parser.add_argument(
+        "--devices", nargs="+", choices=list(DEVICES), default=list(DEVICES), help="device groups"
+    )
     parser.add_argument("--output", type=Path, help="write all measured values as JSON")
     parser.add_argument("--quiet", action="store_true", help="no per-run lines")
 
@@ -97,8 +100,8 @@ def reproduce_iv_nonlinearity(args: argparse.Namespace) -> int:
     cells: dict[tuple[str, str, str], Cell] = {}
     synapses = 0
     log: Callable[[str], None] = (lambda _: None) if args.quiet else print
-    for device_label, preset in DEVICES.items():
-        device = load_device_model(preset)
+    for device_label in args.devices:
+        device = load_device_model(DEVICES[device_label])
         for training_label, (aware, l1) in TRAININGS.items():
             # Standard training ignores the device: one network serves both modes.
             training_modes = args.modes if aware else [args.modes[-1]]
