@@ -117,3 +117,18 @@ def test_memristive_cores_finds_conv_cores_and_linear_layers():
         MemristiveConv2d(1, 2, 3), torch.nn.Flatten(), MemristiveLinear(2 * 4 * 4, 3)
     )
     assert [core.crossbar_shape for core in memristive_cores(network)] == [(10, 4), (33, 6)]
+
+
+def test_gradients_through_mapping_and_poole_frenkel_pass_gradcheck():
+    from xbarlab.config import load_device_model
+
+    device = load_device_model("siox-high-r")
+    layer = MemristiveLinear(4, 3, generator=seeded()).double()
+    layer.set_device_model(device, sampling="frozen", seed=1)
+    x = torch.rand(5, 4, generator=seeded(2), dtype=torch.float64, requires_grad=True)
+    theta = layer.theta.detach().clone().requires_grad_(True)
+
+    def outputs(inputs, parameters):
+        return torch.func.functional_call(layer, {"theta": parameters}, (inputs,))
+
+    assert torch.autograd.gradcheck(outputs, (x, theta), eps=1e-6, atol=1e-6, rtol=1e-5)
