@@ -1,0 +1,1 @@
+"""Real instrument drivers (pyvisa, pyserial): SMUs, switch matrix, multiplexer board."""

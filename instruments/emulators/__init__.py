@@ -1,0 +1,1 @@
+"""Wire-level emulators of the instruments, all backed by one simulated chip."""
