@@ -147,3 +147,20 @@ def _element(value: Any, path: str, minimum: float | None) -> float:
     if minimum is not None and value < minimum:
         raise ConfigError(f"{path}: {value!r} is out of range; allowed: >= {minimum!r}")
     return float(value)
+
+
+class ConfigIdentity:
+    """Equality, hash and repr from `to_config()`: two objects with equal configs are equal."""
+
+    def to_config(self) -> dict[str, Any]:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.to_config() == self.to_config()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(repr(sorted(self.to_config().items())))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items() if k != "kind")
+        return f"{type(self).__name__}({fields})"

@@ -19,6 +19,7 @@ import torch
 
 from simulation.config import (
     ConfigError,
+    ConfigIdentity,
     key_path,
     read_choice,
     read_float,
@@ -48,7 +49,7 @@ _ELEMENTWISE_CHUNK = 2**22
 """Largest number of device currents the elementwise path holds at once."""
 
 
-class CurrentModel(ABC):
+class CurrentModel(ConfigIdentity, ABC):
     """A (possibly nonlinear, possibly random) I-V model applied to every device of an array."""
 
     kind: ClassVar[str]
@@ -106,16 +107,6 @@ class CurrentModel(ABC):
     @abstractmethod
     def from_config(cls, config: Mapping[str, Any], where: str) -> CurrentModel:
         """Build from a config table (without checking "kind"); errors name `where` and the key."""
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.to_config() == self.to_config()
-
-    def __hash__(self) -> int:
-        return hash(repr(sorted(self.to_config().items())))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items() if k != "kind")
-        return f"{type(self).__name__}({fields})"
 
 
 class Ohmic(CurrentModel):

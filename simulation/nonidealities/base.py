@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from simulation.config import ConfigError, key_path, require_mapping
+from simulation.config import ConfigError, ConfigIdentity, key_path, require_mapping
 from simulation.mapping import ConductanceRange
 
 Draws = dict[str, torch.Tensor]
@@ -25,7 +25,7 @@ DISTURBANCES: dict[str, type[Disturbance]] = {}
 """Config name ("kind") -> class, filled by subclasses as they are defined."""
 
 
-class Disturbance(ABC):
+class Disturbance(ConfigIdentity, ABC):
     """A linearity-preserving nonideality, G (rows, cols) in S -> G' (rows, cols) in S."""
 
     kind: ClassVar[str]
@@ -62,16 +62,6 @@ class Disturbance(ABC):
     @abstractmethod
     def from_config(cls, config: Mapping[str, Any], where: str) -> Disturbance:
         """Build from a config table (without checking "kind"); errors name `where` and the key."""
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.to_config() == self.to_config()
-
-    def __hash__(self) -> int:
-        return hash(repr(sorted(self.to_config().items())))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items() if k != "kind")
-        return f"{type(self).__name__}({fields})"
 
 
 def disturbance_from_config(config: Mapping[str, Any], where: str) -> Disturbance:
