@@ -111,6 +111,10 @@ class VisaTransport(Transport):
             return self._resource.read()
         except self._errors.VisaIOError as error:
             if error.error_code == self._errors.StatusCode.error_timeout:
+                if self._peer_closed():
+                    raise ConnectionLost(
+                        self.name, command, "", "the instrument closed the connection"
+                    ) from error
                 timeout = self._resource.timeout / 1000
                 raise InstrumentTimeout(
                     self.name, command, "", f"no reply within {timeout:g} s"
@@ -122,6 +126,22 @@ class VisaTransport(Transport):
             raise InstrumentError(
                 self.name, command, repr(error.object), "garbled reply"
             ) from error
+
+    def _peer_closed(self) -> bool:
+        """True when a raw-socket resource's peer has closed (pyvisa-py reports that as a
+        timeout): the socket reads end-of-file without blocking."""
+        import socket
+
+        session = getattr(self._resource.visalib, "sessions", {}).get(self._resource.session)
+        link = getattr(session, "interface", None)
+        if not isinstance(link, socket.socket):
+            return False
+        try:
+            return link.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def close(self) -> None:
         with contextlib.suppress(self._errors.Error, OSError):
