@@ -379,7 +379,8 @@ def program_map(
     mask: bool (rows, cols), cells to program (default: every finite target); the others are
     neither pulsed nor read. finished: bool mask or a previous ProgramResult whose finished cells
     are skipped (a result's maps, pulse counts and round trips carry over). on_progress(event)
-    gets dicts with stage "program", iteration, done, total, status counts and the achieved map;
+    gets dicts with stage "program", iteration, done, total, status counts and the achieved,
+    pulses and status (int8 codes) maps;
     should_stop() is polled between iterations.
     """
     if config is None:
@@ -477,6 +478,8 @@ def program_map(
                 "total": programmer.total,
                 "counts": counts,
                 "achieved": achieved.copy(),
+                "pulses": pulses_map.copy(),
+                "status": status_map.copy(),
                 "final": final,
             }
         )

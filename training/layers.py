@@ -12,6 +12,11 @@ become voltages (k_V x, bias row at k_V), conductances pass the model's disturba
 current model, and y = (I+ - I-) / (k_V k_G). Random nonidealities are either drawn again on every
 forward pass ("resample", what the paper did) or fixed once from a seed ("frozen": one physical
 chip). A frozen realisation is part of the state dict, so a checkpoint holds the chip.
+
+Measured-conductance mode (`CrossbarCore.set_measured_conductances`): the layer computes with
+conductances read back from a programmed chip instead of its parameters' nominal mapping; the
+device model's disturbances are skipped (the measurement already holds them) and only its current
+model acts. The measured array is part of the state dict too.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch.nn.functional as functional
 from torch import nn
 
 from simulation.config import ConfigError
-from simulation.device_model import DeviceModel, Realisation
+from simulation.device_model import CURRENT_MODEL_KEY, DeviceModel, Realisation
 from simulation.mapping import (
     MAPPING_RULES,
     append_bias_input,
@@ -88,6 +93,9 @@ class CrossbarCore(nn.Module):
         self.chip_seed: int | None = None
         self._realisation: Realisation | None = None
         self._generator: torch.Generator | None = None
+        self._measured: torch.Tensor | None = None
+        self._measured_k_g: float | None = None
+        self._pinned: Realisation = {}
         self.last_power: torch.Tensor | None = None
 
     # -- shape and parameters -------------------------------------------------------------
@@ -132,7 +140,9 @@ class CrossbarCore(nn.Module):
         self, model: DeviceModel | None, *, sampling: str = "resample", seed: int = 0
     ) -> None:
         """Compute through `model` (None: ideal). "frozen" draws one chip from `seed` now;
-        "resample" draws a new chip on every forward pass from a generator seeded with `seed`."""
+        "resample" draws a new chip on every forward pass from a generator seeded with `seed`.
+        Clears measured conductances and pinned draws (they belong to the chip computed with
+        before)."""
         if sampling not in SAMPLING_MODES:
             raise ConfigError(
                 f"sampling: {sampling!r} is not allowed; allowed: {list(SAMPLING_MODES)}"
@@ -142,6 +152,9 @@ class CrossbarCore(nn.Module):
         self.chip_seed = seed
         self._generator = torch.Generator().manual_seed(seed)
         self._realisation = None
+        self._measured = None
+        self._measured_k_g = None
+        self._pinned = {}
         if model is not None and sampling == "frozen":
             self._realisation = model.draw(self.crossbar_shape, self._generator)
 
@@ -158,6 +171,73 @@ class CrossbarCore(nn.Module):
             part: {name: value.clone() for name, value in draws.items()}
             for part, draws in realisation.items()
         }
+
+    def pin_draws(self, pinned: Realisation | None) -> None:
+        """Fix some parts of every realisation (e.g. a measured chip's stuck devices under the
+        stuck disturbance's key) while the rest is resampled or frozen as configured; None
+        clears. Keys must be parts of the device model's realisation."""
+        if pinned is None:
+            self._pinned = {}
+            return
+        model = self._require_model()
+        allowed = set(model.draw((1, 1)))
+        unknown = sorted(set(pinned) - allowed)
+        if unknown:
+            raise ValueError(
+                f"pinned draws {unknown} are not parts of this device model's realisation "
+                f"{sorted(allowed)}"
+            )
+        self._pinned = {
+            part: {name: torch.as_tensor(value).clone() for name, value in draws.items()}
+            for part, draws in pinned.items()
+        }
+
+    @property
+    def pinned_draws(self) -> Realisation:
+        """The parts of the realisation fixed by `pin_draws` ({} when none)."""
+        return self._pinned
+
+    def set_measured_conductances(
+        self, conductances: torch.Tensor | None, k_g: float | None = None
+    ) -> None:
+        """Compute with measured conductances (in + 1, 2 out) in S, e.g. read back from a
+        programmed chip, instead of the nominal mapping of the parameters; None clears.
+
+        In this mode the device model's disturbances are skipped and its current model acts on
+        the given conductances (with the frozen realisation's draws for it, or fresh ones when
+        resampling). `k_g` (S per unit weight, > 0) is the scale the chip was programmed with;
+        None uses the nominal mapping's k_G of the current parameters. The conductances are kept
+        in float64 and cast to the layer's dtype at each forward pass; no gradient reaches them.
+        """
+        if conductances is None:
+            self._measured = None
+            self._measured_k_g = None
+            return
+        self._require_model()
+        measured = torch.as_tensor(conductances).detach().to(device="cpu", dtype=torch.float64)
+        if tuple(measured.shape) != self.crossbar_shape:
+            raise ValueError(
+                f"measured conductances: shape {tuple(measured.shape)} does not match this "
+                f"layer's crossbar {self.crossbar_shape} (in + 1, 2 out)"
+            )
+        if not bool(torch.isfinite(measured).all()) or bool((measured < 0).any()):
+            raise ValueError("measured conductances: every value must be finite and >= 0 S")
+        if k_g is not None:
+            k_g = float(k_g)
+            if not (math.isfinite(k_g) and k_g > 0):
+                raise ValueError(f"k_g: {k_g!r} S per unit weight is not allowed; allowed: > 0")
+        self._measured = measured.clone()
+        self._measured_k_g = k_g
+
+    @property
+    def measured_conductances(self) -> torch.Tensor | None:
+        """The measured conductances (in + 1, 2 out) in S (float64), or None."""
+        return self._measured
+
+    @property
+    def measured_k_g(self) -> float | None:
+        """The k_G (S per unit weight) given with the measured conductances, or None."""
+        return self._measured_k_g
 
     def _require_model(self) -> DeviceModel:
         if self.device_model is None:
@@ -182,7 +262,16 @@ class CrossbarCore(nn.Module):
         realisation = self._realisation
         if realisation is None:
             realisation = model.draw(self.crossbar_shape, self._generator, conductances.dtype)
+        if self._pinned:
+            realisation = {**realisation, **self._pinned}
         realisation = _to_like(realisation, conductances)
+        if self._measured is not None:
+            measured = self._measured.to(conductances)
+            if self._measured_k_g is not None:
+                k_g = conductances.new_tensor(self._measured_k_g)
+            draws = realisation.get(CURRENT_MODEL_KEY, {})
+            currents, power = model.current_model.column_currents(voltages, measured, draws)
+            return currents_to_outputs(currents, model.k_v, k_g), power
         currents, power = model.column_currents(voltages, conductances, realisation)
         return currents_to_outputs(currents, model.k_v, k_g), power
 
@@ -193,6 +282,9 @@ class CrossbarCore(nn.Module):
             "sampling": self.sampling,
             "chip_seed": self.chip_seed,
             "realisation": self._realisation,
+            "measured_conductances": self._measured,
+            "measured_k_g": self._measured_k_g,
+            "pinned_draws": self._pinned,
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -201,12 +293,19 @@ class CrossbarCore(nn.Module):
         self.set_device_model(model, sampling=state["sampling"], seed=state["chip_seed"] or 0)
         if state.get("realisation") is not None:
             self.set_realisation(state["realisation"])
+        if state.get("pinned_draws"):
+            self.pin_draws(state["pinned_draws"])
+        if state.get("measured_conductances") is not None:
+            self.set_measured_conductances(
+                state["measured_conductances"], state.get("measured_k_g")
+            )
 
     def extra_repr(self) -> str:
         model = "ideal" if self.device_model is None else (self.device_model.name or "custom")
         return (
             f"in={self.in_features}, out={self.out_features}, weights={self.weights}, "
             f"mapping={self.mapping_rule}, device={model}, sampling={self.sampling}"
+            + (", measured" if self._measured is not None else "")
         )
 
 

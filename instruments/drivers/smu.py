@@ -19,6 +19,8 @@ class SourceMeter(Instrument):
     """A voltage-sourcing, current-measuring SMU."""
 
     channels: tuple[str, ...] = ("1",)
+    MIN_PULSE_WIDTH: float = 0.0
+    """Shortest pulse (s) the instrument can deliver; drivers set their own."""
 
     def __init__(self, transport: Transport, limits: SafetyLimits) -> None:
         super().__init__(transport)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import socket
 from collections.abc import Sequence
 
 
@@ -65,6 +66,9 @@ class Transport(abc.ABC):
     def _read(self, command: str) -> str:
         """The next reply line; command is only for error messages."""
 
+    def clear_input(self) -> None:  # noqa: B027 - optional
+        """Discard replies still waiting to be read (e.g. a late answer after a timeout)."""
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release the link."""
 
@@ -99,6 +103,18 @@ class VisaTransport(Transport):
             )
         except (pyvisa.errors.Error, OSError, ValueError) as error:
             raise ConnectionLost(name, f"open {resource}", "", str(error)) from error
+        link = self._socket()
+        if link is not None:
+            # VISA specifies TCP_NODELAY on by default; pyvisa-py leaves it off, which makes a
+            # write followed by a query wait ~40 ms for a delayed ACK.
+            with contextlib.suppress(OSError):
+                link.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _socket(self) -> socket.socket | None:
+        """The raw socket of a pyvisa-py TCPIP SOCKET session, else None."""
+        session = getattr(self._resource.visalib, "sessions", {}).get(self._resource.session)
+        link = getattr(session, "interface", None)
+        return link if isinstance(link, socket.socket) else None
 
     def _write(self, command: str) -> None:
         try:
@@ -130,11 +146,8 @@ class VisaTransport(Transport):
     def _peer_closed(self) -> bool:
         """True when a raw-socket resource's peer has closed (pyvisa-py reports that as a
         timeout): the socket reads end-of-file without blocking."""
-        import socket
-
-        session = getattr(self._resource.visalib, "sessions", {}).get(self._resource.session)
-        link = getattr(session, "interface", None)
-        if not isinstance(link, socket.socket):
+        link = self._socket()
+        if link is None:
             return False
         try:
             return link.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
@@ -191,6 +204,10 @@ class SerialTransport(Transport):
             return raw[: -len(self.eol)].decode("ascii")
         except UnicodeDecodeError as error:
             raise InstrumentError(self.name, command, repr(raw), "garbled reply") from error
+
+    def clear_input(self) -> None:
+        with contextlib.suppress(self._serial_errors):
+            self._port.reset_input_buffer()
 
     def close(self) -> None:
         with contextlib.suppress(self._serial_errors):

@@ -124,6 +124,11 @@ class LineEmulator:
 class _Connection(socketserver.StreamRequestHandler):
     server: _Server
 
+    def setup(self) -> None:
+        super().setup()
+        # Replies go out at once (no Nagle delay waiting for the client's ACK).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def handle(self) -> None:
         emulator = self.server.emulator
         terminator = emulator.terminator.encode()
@@ -167,7 +172,10 @@ class EmulatorServer:
         self._server = _Server((host, port), emulator)
         self.host, self.port = self._server.server_address[:2]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"emulator {emulator.name}", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},  # stop() returns within ~20 ms
+            name=f"emulator {emulator.name}",
+            daemon=True,
         )
 
     @property
