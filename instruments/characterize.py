@@ -292,10 +292,13 @@ class Characterisation:
         k_v: float = 0.5,
         resistance_voltage: float = 0.1,
         noise_degree: int = 1,
+        window_coverage: float = 0.5,
     ) -> DeviceFit:
         """Fit a device model: G range from the pulse-response extremes (else map percentiles),
         stuck map and values from the stuck scan, D2D from the extremes, Poole-Frenkel from the
-        I-V curves, programming noise from a write-verify `program` result if given."""
+        I-V curves, programming noise from a write-verify `program` result if given.
+        window_coverage: fraction of devices that can reach both ends of the fitted window
+        (0.5: the typical device; higher for deployment by write-verify)."""
         stuck_mask = None if self.stuck_scan is None else self.stuck_scan.stuck
         noise = 0.0 if self.read_noise is None else self.read_noise.median_relative
         g_range = d2d = None
@@ -303,7 +306,7 @@ class Characterisation:
             cells = self.pulse_response.cells
             low, high = self.pulse_response.extremes()
             local = None if stuck_mask is None else stuck_mask[cells[:, 0], cells[:, 1]]
-            g_range = fit_g_range(g_min=low, g_max=high, stuck=local)
+            g_range = fit_g_range(g_min=low, g_max=high, stuck=local, coverage=window_coverage)
             if len(cells) >= 2:
                 d2d = fit_d2d(low, high, stuck=local, read_noise=noise)
         elif self.map is not None:

@@ -92,13 +92,16 @@ def fit_g_range(
     g_max: npt.ArrayLike | None = None,
     stuck: npt.ArrayLike | None = None,
     percentiles: tuple[float, float] = (2.0, 98.0),
+    coverage: float = 0.5,
 ) -> GRangeFit:
     """G window (S) of the non-stuck devices.
 
     With per-device extremes `g_min`, `g_max` (e.g. from `device_extremes` of pulse-response
-    curves): g_off = median of g_min, g_on = median of g_max. Otherwise from a conductance map
-    `conductances`: the given lower and upper percentiles (%). `stuck` (same shape) excludes
-    devices.
+    curves): g_off = the `coverage` quantile of g_min and g_on = the (1 - coverage) quantile of
+    g_max, so a fraction `coverage` of the devices can reach each end (0.5: the medians, the
+    typical device; 0.95: a window nearly every device can be programmed across). Otherwise
+    from a conductance map `conductances`: the given lower and upper percentiles (%). `stuck`
+    (same shape) excludes devices.
     """
     if g_min is not None or g_max is not None:
         if g_min is None or g_max is None:
@@ -109,8 +112,16 @@ def fit_g_range(
         keep = ~_mask(stuck, low.shape, "stuck") & np.isfinite(low) & np.isfinite(high)
         if not keep.any():
             raise FitError("fit_g_range: no non-stuck device with finite extremes")
-        g_off, g_on = float(np.median(low[keep])), float(np.median(high[keep]))
-        method, devices = "median of per-device extremes", int(keep.sum())
+        if not 0.0 < coverage < 1.0:
+            raise FitError(f"fit_g_range: coverage {coverage!r} must be in (0, 1)")
+        g_off = float(np.quantile(low[keep], coverage))
+        g_on = float(np.quantile(high[keep], 1.0 - coverage))
+        method = (
+            "median of per-device extremes"
+            if coverage == 0.5
+            else f"per-device extremes, window reachable by {coverage:.0%} of devices"
+        )
+        devices = int(keep.sum())
     elif conductances is not None:
         lower, upper = percentiles
         if not 0.0 <= lower < upper <= 100.0:

@@ -294,7 +294,10 @@ class Pipeline:
         if result.cancelled:
             raise Cancelled("characterisation stopped")
         restore = None if result.stuck_scan is None else result.stuck_scan.restore
-        fit = result.fit(program=restore, name="fitted from characterisation")
+        # Targets must be reachable by (nearly) every device: the window 95 % of devices span.
+        fit = result.fit(
+            program=restore, name="fitted from characterisation", window_coverage=0.95
+        )
         self.store.write_stage(
             "characterisation",
             characterisation_arrays(result),
