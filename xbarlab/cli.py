@@ -17,6 +17,7 @@ from training.layers import SAMPLING_MODES
 from training.trainer import OPTIMIZERS
 from xbarlab.config import config_directory, device_preset_names, load_device_model, load_experiment
 from xbarlab.reproduce import REPRODUCTIONS, add_reproduce_arguments, run_reproduction
+from xbarlab.session_cli import add_session_commands, add_train_session_arguments, dispatch
 from xbarlab.tables import print_table
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("study", choices=sorted(REPRODUCTIONS), help="which result")
     add_reproduce_arguments(reproduce)
+    add_session_commands(commands)
     return parser
 
 
@@ -77,6 +79,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--checkpoint", type=Path, help="where to write the checkpoint (default: runs/NAME.pt)"
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_train_session_arguments(train)
 
 
 def apply_train_overrides(config: ExperimentConfig, args: argparse.Namespace) -> ExperimentConfig:
@@ -150,18 +153,32 @@ def _slug(name: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from instruments.drivers.transport import InstrumentError
+    from instruments.limits import LimitError
+    from xbarlab.pipeline import PipelineError
+    from xbarlab.store import SessionError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        handled = dispatch(args)
+        if handled is not None:
+            return handled
         if args.command == "train":
             return command_train(args)
         return run_reproduction(args)
     except ConfigError as error:
         print(f"xbarlab: configuration error: {error}", file=sys.stderr)
         return 2
+    except (SessionError, PipelineError, LimitError) as error:
+        print(f"xbarlab: {error}", file=sys.stderr)
+        return 2
+    except InstrumentError as error:
+        print(f"xbarlab: instrument error: {error} (outputs were turned off)", file=sys.stderr)
+        return 3
     except FileNotFoundError as error:
         print(f"xbarlab: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("xbarlab: interrupted", file=sys.stderr)
+        print("xbarlab: interrupted (outputs were turned off)", file=sys.stderr)
         return 130

@@ -25,7 +25,8 @@ def conductance_maps(
     low = max(float(np.nanmin(np.where(used, np.minimum(target, achieved), np.nan))), 1e-12)
     high = float(np.nanmax(np.where(used, np.maximum(target, achieved), np.nan)))
     norm = LogNorm(vmin=low, vmax=max(high, low * 1.01))
-    limit = max(float(np.nanmax(np.abs(error))), 1e-6)
+    # colour limit at the 99th percentile: a few stuck cells would wash out the rest
+    limit = max(float(np.nanpercentile(np.abs(error), 99)), 1e-6)
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
     for axis, data, title, colour_norm, cmap, label in (
         (axes[0], target, "target G", norm, "viridis", "S"),

@@ -38,6 +38,9 @@ from instruments.limits import LimitError, SafetyLimits
 SCRIPT_NAME = "xbarlab"
 SCRIPT_PATH = Path(__file__).resolve().parent / "tsp" / "xbarlab.tsp"
 NPLC_RANGE = (0.001, 25.0)  # smuX.measure.nplc, 2600B reference manual
+SWITCH_OVERHEAD = 10e-3
+"""s per reading or pulse beyond the aperture (relay closure and settle, source settle), a
+generous bound used only to size reply timeouts of script calls."""
 
 
 def script_lines(path: Path = SCRIPT_PATH) -> list[str]:
@@ -87,6 +90,9 @@ class Keithley2600(SourceMeter):
         super().__init__(transport, limits)
         self.load_script_at_connect = load_script
         self.script_loaded = False
+        self.nplc = 1.0  # power-line cycles per reading, as configured
+        self.line_frequency = 50.0  # Hz, for reply-time estimates
+        self.reply_timeout = transport.base_timeout  # s, for replies that need no work
 
     # -- connection -------------------------------------------------------------------------
 
@@ -107,11 +113,12 @@ class Keithley2600(SourceMeter):
         self.check_errors(f"loadscript {SCRIPT_NAME}")
         self.script_loaded = True
 
-    def query(self, command: str) -> str:
+    def query(self, command: str, timeout: float | None = None) -> str:
         """A print() command; on a timeout, queued instrument errors (a TSP command that failed
-        prints nothing) are reported instead of the bare timeout."""
+        prints nothing) are reported instead of the bare timeout. `timeout` (s) for this query
+        only."""
         try:
-            return self.transport.query(command)
+            return self.transport.query(command, timeout)
         except InstrumentTimeout as timeout:
             try:
                 errors = self.read_errors()
@@ -155,6 +162,7 @@ class Keithley2600(SourceMeter):
         self.transport.write(f"{smu}.source.limiti = {num(compliance)}")
         self.transport.write(f"{smu}.measure.nplc = {num(nplc)}")
         self.transport.write(f"{smu}.measure.autorangei = {smu}.AUTORANGE_ON")
+        self.nplc = nplc
 
     def set_current_range(self, channel: str, amps: float | None) -> None:
         """Fixed current measure range (A), or None for autorange."""
@@ -237,11 +245,15 @@ class Keithley2600(SourceMeter):
         arguments += [f'"{value}"' for value in (*channels, *rows)]
         self.transport.write(f"xbl_setup({','.join(arguments)})")
 
-    def script_call(self, call: str) -> list[float]:
+    def script_call(self, call: str, readings: int = 1, pulse_seconds: float = 0.0) -> list[float]:
         """Run one xbl_ function (one round trip); its values without the trailing error count.
-        Raise InstrumentError with the queued errors if the count is not zero."""
+        Raise InstrumentError with the queued errors if the count is not zero. The reply may
+        take as long as the work: the timeout is the link's plus 3x the estimated instrument
+        time (readings x (NPLC / line frequency + SWITCH_OVERHEAD) + pulse time)."""
         self._require_script()
-        values = parse_numbers(self.query(call), call, self.name)
+        work = readings * (self.nplc / self.line_frequency + SWITCH_OVERHEAD) + pulse_seconds
+        timeout = self.reply_timeout + 3.0 * work
+        values = parse_numbers(self.query(call, timeout), call, self.name)
         if not values:
             raise InstrumentError(self.name, call, "", "empty reply")
         if values[-1] != 0:
@@ -255,17 +267,17 @@ class Keithley2600(SourceMeter):
         """Currents (A) of cells (rows[k], cols[k])."""
         self.limits.check_read_voltage(v_read)
         call = f"xbl_read({num(v_read)},{int(averages)},{lua_table(rows)},{lua_table(cols)})"
-        return self._expect(self.script_call(call), len(rows), call)
+        return self._expect(self.script_call(call, len(rows) * averages), len(rows), call)
 
     def script_read_row(self, v_read: float, averages: int, row: int, cols: int) -> list[float]:
         self.limits.check_read_voltage(v_read)
         call = f"xbl_readrow({num(v_read)},{int(averages)},{int(row)})"
-        return self._expect(self.script_call(call), cols, call)
+        return self._expect(self.script_call(call, cols * averages), cols, call)
 
     def script_read_all(self, v_read: float, averages: int, size: int) -> list[float]:
         self.limits.check_read_voltage(v_read)
         call = f"xbl_readall({num(v_read)},{int(averages)})"
-        return self._expect(self.script_call(call), size, call)
+        return self._expect(self.script_call(call, size * averages), size, call)
 
     def _pulse_arguments(
         self,
@@ -286,7 +298,8 @@ class Keithley2600(SourceMeter):
     ) -> None:
         """Pulse events (word line, bit lines, amplitude V) of width s under a bias scheme."""
         call = f"xbl_pulse({self._pulse_arguments(width, scheme, events)})"
-        self._expect(self.script_call(call), 1, call)
+        pulses = len(events) * (width + SWITCH_OVERHEAD)
+        self._expect(self.script_call(call, 0, pulses), 1, call)
 
     def script_pulse_read(
         self,
@@ -304,12 +317,13 @@ class Keithley2600(SourceMeter):
             f"xbl_pulseread({self._pulse_arguments(width, scheme, events)},{num(v_read)},"
             f"{int(averages)},{lua_table(rows)},{lua_table(cols)})"
         )
-        return self._expect(self.script_call(call), len(rows), call)
+        pulses = len(events) * (width + SWITCH_OVERHEAD)
+        return self._expect(self.script_call(call, len(rows) * averages, pulses), len(rows), call)
 
     def script_sweep(self, row: int, col: int, voltages: Sequence[float]) -> list[float]:
         self.limits.check_sweep_voltage(voltages)
         call = f"xbl_sweep({int(row)},{int(col)},{lua_table([float(v) for v in voltages])})"
-        return self._expect(self.script_call(call), len(voltages), call)
+        return self._expect(self.script_call(call, len(voltages)), len(voltages), call)
 
     def _expect(self, values: list[float], count: int, call: str) -> list[float]:
         if len(values) != count:

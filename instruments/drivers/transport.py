@@ -39,6 +39,9 @@ class ConnectionLost(InstrumentError):
 class Transport(abc.ABC):
     """A line-oriented link to one instrument."""
 
+    base_timeout: float = 5.0
+    """s: how long a reply that needs no instrument-side work may take."""
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.round_trips = 0
@@ -48,11 +51,23 @@ class Transport(abc.ABC):
         self.sent.append(command)
         self._write(command)
 
-    def query(self, command: str) -> str:
+    def query(self, command: str, timeout: float | None = None) -> str:
+        """Send a command and return its reply line; `timeout` (s) replaces the link's reply
+        timeout for this query only (long instrument-side work: scripts, sweeps)."""
         self.sent.append(command)
         self.round_trips += 1
         self._write(command)
-        return self._read(command)
+        if timeout is None:
+            return self._read(command)
+        previous = self._set_timeout(timeout)
+        try:
+            return self._read(command)
+        finally:
+            self._set_timeout(previous)
+
+    def _set_timeout(self, seconds: float) -> float:
+        """Set the reply timeout (s); return the previous one. Default: no timeouts to set."""
+        return seconds
 
     def write_block(self, lines: Sequence[str]) -> None:
         """Several commands (e.g. a TSP script body), one write each."""
@@ -91,6 +106,7 @@ class VisaTransport(Transport):
         super().__init__(name)
         import pyvisa
 
+        self.base_timeout = timeout
         self._errors = pyvisa.errors
         self.resource_name = resource
         try:
@@ -115,6 +131,11 @@ class VisaTransport(Transport):
         session = getattr(self._resource.visalib, "sessions", {}).get(self._resource.session)
         link = getattr(session, "interface", None)
         return link if isinstance(link, socket.socket) else None
+
+    def _set_timeout(self, seconds: float) -> float:
+        previous = self._resource.timeout / 1000
+        self._resource.timeout = int(seconds * 1000)
+        return previous
 
     def _write(self, command: str) -> None:
         try:
@@ -175,11 +196,16 @@ class SerialTransport(Transport):
 
         self._serial_errors = (serial.SerialException, OSError)
         self.eol = eol
-        self.timeout = timeout
+        self.timeout = self.base_timeout = timeout
         try:
             self._port = serial.serial_for_url(port, baudrate=baudrate, timeout=timeout)
         except self._serial_errors as error:
             raise ConnectionLost(name, f"open {port}", "", str(error)) from error
+
+    def _set_timeout(self, seconds: float) -> float:
+        previous, self.timeout = self.timeout, seconds
+        self._port.timeout = seconds
+        return previous
 
     def _write(self, command: str) -> None:
         try:
@@ -242,7 +268,7 @@ class ScriptedTransport(Transport):
             raise AssertionError(f"step {self.position - 1}: {command!r} should be a query")
         self.sent.append(command)
 
-    def query(self, command: str) -> str:
+    def query(self, command: str, timeout: float | None = None) -> str:
         _, reply = self._next(command)
         if reply is None:
             raise AssertionError(f"step {self.position - 1}: {command!r} should be a write")
