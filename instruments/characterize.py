@@ -427,7 +427,11 @@ def stuck_scan(
     if restore > 0:
         _check(should_stop)
         config = WriteVerifyConfig(
-            relative_tolerance=restore, max_pulses=30, verify_rounds=0, v_read=v_read
+            relative_tolerance=restore,
+            max_pulses=30,
+            verify_rounds=0,
+            v_read=v_read,
+            pulse_width=width,  # the scan's own width, already within the limits
         )
         targets = reads[..., 0]
         restored = program_map(

@@ -73,6 +73,10 @@ _MIN_WINDOW_RATIO = 1.1
 _ELEMENTWISE_CHUNK = 2**21
 """Most device currents the elementwise read path evaluates at once."""
 
+RELAXATION_STEP = 0.01
+"""s: simulated-time resolution of relaxation (a programmed state's change over 10 ms is far below
+read noise, and re-evaluating it at every reading would dominate emulated array reads)."""
+
 _MAX_LEVEL_PAIRS = 36
 """read_batch evaluates devices once per (word level, bit level) pair when a batch uses at most this
 many pairs of distinct voltages (bias-scheme reads use 1 to 9), then sums with matrix products."""
@@ -513,8 +517,11 @@ class SimulatedChip:
         return log_c, log_d
 
     def _now(self) -> tuple[np.ndarray, _Devices]:
-        """(G, device I-V) at the current time, cached until time or state change."""
-        key = (self.time, self._version)
+        """(G, device I-V) at the current time, cached until the state changes or time moves on
+        by RELAXATION_STEP."""
+        # Relaxation is slow (log time): the state is re-evaluated every RELAXATION_STEP s of
+        # simulated time, not at every reading.
+        key = (math.floor(self.time / RELAXATION_STEP), self._version)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1], self._cache[2]
         p = self.parameters

@@ -244,6 +244,7 @@ def parse_wiring(config: Mapping[str, Any], where: str) -> tuple[Wiring, dict[st
             "slots",
             "settle",
             "rows",
+            "emulated",
         ),
         matrix_where,
     )
@@ -269,7 +270,8 @@ def parse_wiring(config: Mapping[str, Any], where: str) -> tuple[Wiring, dict[st
     if not isinstance(use_script, bool):
         raise ConfigError(f"{key_path(smu_where, 'use_script')}: expected true or false")
     settings["use_script"] = use_script
-    if settings["slots"] > SLOTS and config.get("emulate") is not True:
+    emulated = config.get("emulate") is True or matrix.get("emulated") is True
+    if settings["slots"] > SLOTS and not emulated:
         raise ConfigError(
             f"{key_path(matrix_where, 'slots')}: {settings['slots']} > {SLOTS}: a real 707B has "
             f"{SLOTS} slots (more is an emulator-only extension; chain matrices instead)"

@@ -88,6 +88,11 @@ def add_session_commands(commands: argparse._SubParsersAction) -> None:
         ),
     )
     emulate.add_argument("--config", required=True, help="instrument config name or path")
+    emulate.add_argument(
+        "--client-config",
+        type=Path,
+        help="also write an instrument config (TOML) whose addresses point at these emulators",
+    )
 
     gui = commands.add_parser("gui", help="the lab bench window", add_help=False)
     gui.add_argument("gui_args", nargs=argparse.REMAINDER)
@@ -445,7 +450,7 @@ def command_read(args: argparse.Namespace) -> int:
 
 
 def command_emulate(args: argparse.Namespace) -> int:
-    from instruments.emulators.launch import start_emulators
+    from instruments.emulators.launch import emulated_config, start_emulators
     from instruments.factory import load_instrument_config
 
     mapping, where = load_instrument_config(args.config)
@@ -454,6 +459,13 @@ def command_emulate(args: argparse.Namespace) -> int:
         print(f"emulators for {args.config} (Ctrl-C to stop):")
         for name, resource in lab.resources.items():
             print(f"  {name}: {resource}")
+        if args.client_config is not None:
+            client = emulated_config(mapping, lab)
+            client["emulate"] = False
+            client.pop("emulator", None)
+            args.client_config.write_text(toml_text(client))
+            print(f"  client config: {args.client_config}")
+        print("ready")
         sys.stdout.flush()
         while True:
             time.sleep(0.5)
@@ -462,6 +474,33 @@ def command_emulate(args: argparse.Namespace) -> int:
     finally:
         lab.stop()
     return 0
+
+
+def toml_text(table: dict[str, Any], prefix: str = "") -> str:
+    """A minimal TOML writer for instrument configs: scalars, lists of scalars, nested tables."""
+    scalars, tables = [], []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            scalars.append(f"{key} = {_toml_value(value)}")
+    text = "\n".join(scalars) + ("\n" if scalars else "")
+    for key, value in tables:
+        name = f"{prefix}.{key}" if prefix else key
+        text += f"\n[{name}]\n" + toml_text(value, name)
+    return text
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
 
 
 def command_gui(args: argparse.Namespace) -> int:

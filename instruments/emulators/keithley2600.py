@@ -403,8 +403,13 @@ class Keithley2600Emulator(LineEmulator):
             raise TspRuntimeError("attempt to index field 'drive' (a nil value)")
 
     def _pattern(self, r: int, sel: set[int], rsel: str, rw: str, rb: str) -> set:
-        """The script's pattern(): word r -> drive row, bits in sel -> rsel, others -> rw/rb."""
+        """The script's pattern(): word r -> drive row, bits in sel -> rsel, others -> rw/rb.
+        Parsed patterns are cached per script setup (the channel strings do not change)."""
         x = self._xbl
+        key = (r, frozenset(sel), rsel, rw, rb)
+        cache = x.setdefault("_patterns", {})
+        if key in cache:
+            return cache[key]
         items = []
         for i, (slot, col) in enumerate(x["words"]):
             if i == r:
@@ -418,9 +423,12 @@ class Keithley2600Emulator(LineEmulator):
                 items.append(f"{slot}{rb}{col:02d}")
         matrix: Keithley707BEmulator = x["matrix"]
         try:
-            return matrix.parse_list(",".join(items))
+            parsed = matrix.parse_list(",".join(items))
         except ValueError as error:
             raise TspRuntimeError(f"node: {error}") from None
+        if len(cache) < 100_000:
+            cache[key] = parsed
+        return parsed
 
     def _read_cell(self, out: list[float], r: int, c: int, v: float, averages: int) -> None:
         x = self._xbl

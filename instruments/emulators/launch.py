@@ -222,6 +222,9 @@ def emulated_config(config: Mapping[str, Any], lab: EmulatedLab) -> dict[str, An
         rewritten["smu"]["resource"] = resources["smu"]
     if "matrix" in resources:
         rewritten["matrix"]["resource"] = resources["matrix"]
+    if "matrix" in rewritten:
+        # a client of these emulators may use their emulator-only extensions (extra slots)
+        rewritten["matrix"]["emulated"] = True
     if "mux" in resources:
         rewritten.setdefault("board", {})["port"] = resources["mux"]
     return rewritten
