@@ -22,7 +22,7 @@ from xbarlab.config import config_directory, read_toml
 from xbarlab.tables import print_table
 
 DEMO_CONFIG = config_directory() / "pipelines" / "demo.toml"
-EMULATED_DEMO_INSTRUMENT = "keithley2600-707b-emulated-128x128"
+EMULATED_DEMO_INSTRUMENT = "keithley2600-707b-emulated-80x40"
 STAGE_COMMANDS = {
     "characterize": ("characterize",),
     "program": ("program",),
@@ -165,7 +165,12 @@ def pipeline_config(args: argparse.Namespace, store: Any | None = None) -> Any:
     if args.instrument:
         source["instrument"] = args.instrument
     elif getattr(args, "backend", "simulated") == "emulated":
+        # every reading crosses the emulated bus and matrix: a smaller chip and network keep
+        # the loop to minutes (the same stages, drivers and wire protocol as on a real bench)
         source["instrument"] = EMULATED_DEMO_INSTRUMENT
+        experiment["network"] = {**experiment.get("network", {}), "hidden": [8]}
+        source["write_verify"] = {**source.get("write_verify", {}), "pulse_width": 1e-4}
+        source["evaluate"] = {**source.get("evaluate", {}), "on_chip_limit": 200}
     if getattr(args, "dataset", None) in ("mnist", "fashion-mnist") and not args.instrument:
         source["instrument"] = _mnist_instrument(getattr(args, "backend", "simulated"))
         source["deploy"] = {"tile_rows": 128, "tile_cols": 64}
