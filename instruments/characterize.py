@@ -621,7 +621,14 @@ def _run_part(
             program_map(
                 crossbar,
                 map_targets,
-                WriteVerifyConfig(relative_tolerance=0.05, verify_rounds=0, v_read=config.v_read),
+                WriteVerifyConfig(
+                    relative_tolerance=0.05,
+                    verify_rounds=0,
+                    v_read=config.v_read,
+                    pulse_width=max(
+                        WriteVerifyConfig().pulse_width, crossbar.limits.min_pulse_width
+                    ),
+                ),
                 should_stop=should_stop,
             )
             _check(should_stop)

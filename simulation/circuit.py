@@ -25,13 +25,18 @@ derivative supplied as callables).
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 import scipy.sparse
 import scipy.sparse.linalg
+import torch
 
 DeviceFunction = Callable[[np.ndarray], np.ndarray]
 """Per-device function of device voltages (..., rows, cols) in V -> (..., rows, cols): the device
@@ -57,35 +62,829 @@ class LineSolution:
     iterations: int = 0
 
 
+# -- fast solver for driven word lines and grounded bit lines ------------------------------------
+#
+# Unknowns per array: word-line nodes u and bit-line nodes b. A word line is "segment" (a node per
+# cell, a chain of segments from its driver), "node" (r_word = 0 behind a driver resistance: one
+# node) or "fixed" (r_word = 0 and no driver: the cells sit at the applied voltage); bit lines the
+# same, with the sense resistance towards ground. Row i of the nodal system is
+#
+#     T_i u_i + W_i b_i = r_u_i,     W_i^T u_i + (E_{i-1} + E_i + D_i) b_i - E_{i-1} b_{i-1}
+#                                                                     - E_i b_{i+1} = r_b_i,
+#
+# with T_i the word line's tridiagonal Laplacian plus its device stamps D_i = diag(G_i), W_i = -D_i
+# and E_i = diag(1 / r_bit[i, :]) the bit-line segments below row i. Eliminating u_i (a tridiagonal
+# solve per row, P_i = T_i^-1) leaves a block-tridiagonal system in the bit lines with dense n x n
+# blocks K_i + E_{i-1} + E_i, K_i = D_i - D_i P_i D_i, which block Cholesky-like elimination
+# (Z_i = K_i + E_{i-1} + E_i - E_{i-1} Z_{i-1}^-1 E_{i-1}) factorises in rows * cols^3 operations,
+# all BLAS-3 and stacked over independent arrays (tiles). The factorisation (the Z_i^-1) serves any
+# number of right-hand sides: a batch of inputs, the adjoint solve of the backward pass (the system
+# is symmetric) and Newton steps. Arrays are transposed internally so that the blocks have the
+# shorter side.
+
+_SOLVE_CHUNK = 2**23
+"""Most numbers (vectors x arrays x rows x cols) one chunk of a batched solve holds at once."""
+
+_FACTOR_CACHE_BYTES = 2**30
+"""Most bytes of factorisations `solve_crossbar` keeps for reuse across calls."""
+
+_MODES = ("segment", "node", "fixed")
+
+
+@dataclass
+class CrossbarSolution:
+    """What `solve_crossbar(..., full=True)` returns, for voltages (batch, rows) in V.
+
+    output_currents: currents (batch, cols) in A from the bit lines into ground.
+    word_voltages, bit_voltages: node voltages (batch, rows, cols) in V at every cell's word-line
+        and bit-line node (the applied voltage, or 0 V, where a line has no resistance).
+    device_currents: currents (batch, rows, cols) in A from word line to bit line.
+    iterations: Newton iterations used (0 for linear devices).
+    """
+
+    output_currents: np.ndarray
+    word_voltages: np.ndarray
+    bit_voltages: np.ndarray
+    device_currents: np.ndarray
+    iterations: int = 0
+
+
+def _as_line_resistances(value: Any, shape: tuple[int, int], name: str) -> np.ndarray:
+    """A scalar or per-segment array of resistances in Ohm -> float64 (rows, cols), checked."""
+    array = np.asarray(value, dtype=float)
+    if array.ndim not in (0, 2) or (array.ndim == 2 and array.shape != shape):
+        raise ValueError(
+            f"{name}: expected a scalar or one resistance per segment {shape}, got shape "
+            f"{array.shape}"
+        )
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        raise ValueError(f"{name}: {value!r} must be a finite resistance >= 0 Ohm")
+    array = np.broadcast_to(array, shape)
+    if np.any(array == 0) and np.any(array > 0):
+        raise ValueError(
+            f"{name}: segments must be all > 0 Ohm or all 0 Ohm (an ideal line), got a mix"
+        )
+    return array
+
+
+def _as_terminal_resistances(value: Any, size: int, name: str) -> np.ndarray:
+    array = np.asarray(value, dtype=float)
+    if array.ndim not in (0, 1) or (array.ndim == 1 and array.shape != (size,)):
+        raise ValueError(f"{name}: expected a scalar or shape ({size},), got {array.shape}")
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        raise ValueError(f"{name}: {value!r} must be a finite resistance >= 0 Ohm")
+    array = np.broadcast_to(array, (size,))
+    if np.any(array == 0) and np.any(array > 0):
+        raise ValueError(f"{name}: must be all > 0 Ohm or all 0 Ohm, got a mix")
+    return array
+
+
+@dataclass(frozen=True)
+class CrossbarLines:
+    """Line and terminal resistances of a rows x cols crossbar, as conductances in S.
+
+    r_word[i, j] is the word-line segment left of cell (i, j) (j = 0: from the driver); r_bit[i, j]
+    the bit-line segment below cell (i, j) (i = rows - 1: to the sense node). r_driver (rows,) sits
+    in series with each word line's first segment, r_sense (cols,) with each bit line's last.
+    Scalars broadcast. A line type whose segments are all 0 Ohm is one node per line ("node") or,
+    with no driver / sense resistance either, held at its terminal voltage ("fixed").
+    """
+
+    rows: int
+    cols: int
+    word_mode: str
+    bit_mode: str
+    word_g: np.ndarray  # segment: (rows, cols) with the terminal in column 0; node: (rows,)
+    bit_g: np.ndarray  # segment: (rows, cols) with the terminal in row rows - 1; node: (cols,)
+
+    @classmethod
+    def build(
+        cls,
+        shape: tuple[int, int],
+        r_word: Any,
+        r_bit: Any,
+        r_driver: Any = 0.0,
+        r_sense: Any = 0.0,
+    ) -> CrossbarLines:
+        rows, cols = shape
+        rw = _as_line_resistances(r_word, shape, "r_word")
+        rb = _as_line_resistances(r_bit, shape, "r_bit")
+        rd = _as_terminal_resistances(r_driver, rows, "r_driver")
+        rs = _as_terminal_resistances(r_sense, cols, "r_sense")
+        if rw.size and rw.flat[0] > 0:
+            series = rw.copy()
+            series[:, 0] += rd
+            word_mode, word_g = "segment", 1.0 / series
+        elif rd.size and rd[0] > 0:
+            word_mode, word_g = "node", 1.0 / rd
+        else:
+            word_mode, word_g = "fixed", np.zeros(0)
+        if rb.size and rb.flat[0] > 0:
+            series = rb.copy()
+            series[-1, :] += rs
+            bit_mode, bit_g = "segment", 1.0 / series
+        elif rs.size and rs[0] > 0:
+            bit_mode, bit_g = "node", 1.0 / rs
+        else:
+            bit_mode, bit_g = "fixed", np.zeros(0)
+        return cls(rows, cols, word_mode, bit_mode, word_g, bit_g)
+
+    @property
+    def ideal(self) -> bool:
+        """No resistance anywhere: the crossbar computes V @ G exactly."""
+        return self.word_mode == "fixed" and self.bit_mode == "fixed"
+
+    def key(self) -> tuple[Any, ...]:
+        return (
+            self.rows, self.cols, self.word_mode, self.bit_mode,
+            self.word_g.tobytes(), self.bit_g.tobytes(),
+        )  # fmt: skip
+
+
+class CrossbarSystem:
+    """The factorised nodal system of t arrays of the same geometry, conductances g (t, rows, cols)
+    in S (the device stamps: conductances, or Newton slopes), for any number of right-hand sides.
+
+    `solve` takes currents injected into the unknown word nodes and bit nodes and returns their
+    voltages; `apply` is the matrix-vector product (for Newton residuals and checks).
+    """
+
+    def __init__(self, lines: CrossbarLines, g: np.ndarray) -> None:
+        g = np.asarray(g, dtype=float)
+        if g.ndim == 2:
+            g = g[None]
+        self.lines = lines
+        self.g = g
+        self.t = g.shape[0]
+        rows, cols = lines.rows, lines.cols
+        self._word_banded: np.ndarray | None = None
+        self._word_scale: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+        if lines.word_mode == "segment":
+            seg = lines.word_g
+            diag = seg + g
+            diag[..., :-1] += seg[:, 1:]
+            banded = np.zeros((2, self.t * rows * cols))
+            upper = np.zeros((self.t, rows, cols))
+            upper[..., 1:] = -seg[:, 1:]
+            banded[0] = upper.ravel()
+            banded[1] = diag.ravel()
+            self._word_banded = banded
+        elif lines.word_mode == "node":
+            self._word_scale = 1.0 / (lines.word_g + g.sum(axis=2))  # (t, rows)
+        if lines.bit_mode == "segment":
+            self._factor_segments()
+        elif lines.bit_mode == "node":
+            z = self._schur_blocks(0, rows).sum(axis=1)
+            z[:, np.arange(cols), np.arange(cols)] += lines.bit_g
+            self._y = _spd_inverse(z)
+
+    @property
+    def nbytes(self) -> int:
+        parts = (self._y, self._word_banded, self._word_scale)
+        return sum(a.nbytes for a in parts if a is not None)
+
+    # -- factorisation -------------------------------------------------------------------------
+    def _schur_blocks(self, start: int, stop: int) -> np.ndarray:
+        """K_i = D_i - W_i^T P_i W_i for rows [start, stop): (t, stop - start, cols, cols)."""
+        cols = self.lines.cols
+        d = self.g[:, start:stop]  # (t, k, cols)
+        k = np.zeros((*d.shape, cols))
+        if self.lines.word_mode == "segment":
+            inverse = self._word_inverses(start, stop)  # (t, k, cols, cols)
+            k -= d[..., :, None] * inverse * d[..., None, :]
+        elif self.lines.word_mode == "node":
+            scale = self._word_scale[:, start:stop]  # type: ignore[index]
+            k -= scale[..., None, None] * d[..., :, None] * d[..., None, :]
+        k[..., np.arange(cols), np.arange(cols)] += d
+        return k
+
+    def _word_inverses(self, start: int, stop: int) -> np.ndarray:
+        """P_i (t, stop - start, cols, cols): inverses of the word lines' tridiagonal blocks."""
+        rows, cols = self.lines.rows, self.lines.cols
+        banded = self._word_banded.reshape(2, self.t, rows, cols)[:, :, start:stop]  # type: ignore[union-attr]
+        count = self.t * (stop - start)
+        banded = banded.reshape(2, count * cols).copy()
+        rhs = np.tile(np.eye(cols), (count, 1))
+        solution = _banded_solve(banded, rhs)
+        return solution.reshape(self.t, stop - start, cols, cols)
+
+    def _factor_segments(self) -> None:
+        rows, cols = self.lines.rows, self.lines.cols
+        e = self.lines.bit_g  # (rows, cols): e[i] joins row i to row i + 1 (last: to ground)
+        y = np.empty((self.t, rows, cols, cols))
+        chunk = max(1, _SOLVE_CHUNK // max(1, self.t * cols * cols))
+        previous = None
+        index = np.arange(cols)
+        for start in range(0, rows, chunk):
+            stop = min(rows, start + chunk)
+            blocks = self._schur_blocks(start, stop)
+            for offset in range(stop - start):
+                i = start + offset
+                z = blocks[:, offset]
+                z[:, index, index] += e[i] + (e[i - 1] if i > 0 else 0.0)
+                if previous is not None:
+                    z -= previous * (e[i - 1][:, None] * e[i - 1][None, :])
+                previous = _spd_inverse(z)
+                y[:, i] = previous
+        self._y = y
+
+    # -- solves --------------------------------------------------------------------------------
+    def _word_solve(self, rhs: np.ndarray) -> np.ndarray:
+        """P r for word-node vectors rhs (B, t, rows, n_u)."""
+        mode = self.lines.word_mode
+        if mode == "segment":
+            batch = rhs.shape[0]
+            flat = np.moveaxis(rhs, 0, -1).reshape(-1, batch)
+            out = _banded_solve(self._word_banded, flat)
+            return np.moveaxis(out.reshape(*rhs.shape[1:], batch), -1, 0)
+        return rhs * self._word_scale[..., None]  # type: ignore[index]
+
+    def solve(
+        self, r_u: np.ndarray | None, r_b: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Node voltages (u, b) for injected currents r_u (B, t, rows, n_u) into the word nodes
+        (n_u = cols, 1 or none) and r_b (B, t, rows, cols) or (B, t, cols) into the bit nodes.
+        Either may be None (no injection); unknown nodes only."""
+        lines = self.lines
+        batch = (r_u if r_u is not None else r_b).shape[0]  # type: ignore[union-attr]
+        rows, cols = lines.rows, lines.cols
+        d = self.g
+        w = None
+        if lines.word_mode != "fixed" and r_u is not None:
+            w = self._word_solve(r_u)
+        # Right-hand side of the bit-line system: r_b - W^T P r_u.
+        b = None
+        if lines.bit_mode != "fixed":
+            shape = (batch, self.t, rows, cols) if lines.bit_mode == "segment" else (
+                batch, self.t, cols
+            )  # fmt: skip
+            f = np.zeros(shape) if r_b is None else np.array(r_b, dtype=float)
+            if w is not None:
+                pushed = d * w  # (B, t, rows, cols); a "node" word line's w broadcasts
+                f = f + (pushed if lines.bit_mode == "segment" else pushed.sum(axis=2))
+            b = self._bit_solve(f)
+        u = None
+        if lines.word_mode != "fixed":
+            r = np.zeros((batch, self.t, rows, cols if lines.word_mode == "segment" else 1))
+            if r_u is not None:
+                r = r + r_u
+            if b is not None:
+                cells = b if lines.bit_mode == "segment" else b[:, :, None, :]
+                pulled = d * cells
+                r = r + (pulled if lines.word_mode == "segment" else pulled.sum(-1, keepdims=True))
+            u = self._word_solve(r)
+        return u, b
+
+    def _bit_solve(self, f: np.ndarray) -> np.ndarray:
+        """Bit-node voltages for bit-node injections f (B, t, rows, cols) or (B, t, cols)."""
+        y = self._y
+        if self.lines.bit_mode == "node":
+            return np.moveaxis(y @ np.moveaxis(f, 0, -1), -1, 0)
+        rows = self.lines.rows
+        e = self.lines.bit_g[..., None]  # (rows, cols, 1)
+        work = np.ascontiguousarray(np.moveaxis(f, 0, -1))  # (t, rows, cols, B)
+        carry = None
+        for i in range(rows):
+            rhs = work[:, i] if carry is None else work[:, i] + e[i - 1] * carry
+            carry = y[:, i] @ rhs
+            work[:, i] = carry
+        for i in range(rows - 2, -1, -1):
+            work[:, i] += y[:, i] @ (e[i] * work[:, i + 1])
+        return np.moveaxis(work, -1, 0)
+
+    def apply(
+        self, u: np.ndarray | None, b: np.ndarray | None, stamps: np.ndarray | None = None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Matrix-vector product of the system with node voltages (u, b) (shapes as `solve`
+        returns); `stamps` (B, t, rows, cols) replaces the device stamps g per vector."""
+        lines = self.lines
+        g = self.g if stamps is None else stamps
+        wc = 0.0 if u is None else u  # word voltage of each cell (fixed nodes: 0)
+        bc = 0.0 if b is None else (b if lines.bit_mode == "segment" else b[:, :, None, :])
+        flow = g * (wc - bc)
+        out_u = out_b = None
+        if lines.word_mode == "segment":
+            seg = lines.word_g
+            out_u = seg * u
+            out_u[..., 1:] -= seg[:, 1:] * u[..., :-1]
+            out_u[..., :-1] += seg[:, 1:] * (u[..., :-1] - u[..., 1:])
+            out_u = out_u + flow
+        elif lines.word_mode == "node":
+            out_u = lines.word_g[:, None] * u + flow.sum(axis=-1, keepdims=True)
+        if lines.bit_mode == "segment":
+            e = lines.bit_g
+            out_b = e * b
+            out_b[:, :, :-1] -= e[:-1] * b[:, :, 1:]
+            out_b[:, :, 1:] += e[:-1] * (b[:, :, 1:] - b[:, :, :-1])
+            out_b = out_b - flow
+        elif lines.bit_mode == "node":
+            out_b = lines.bit_g * b - flow.sum(axis=2)
+        return out_u, out_b
+
+
+def _banded_solve(banded: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve a symmetric positive definite tridiagonal system (upper banded form (2, n))."""
+    if banded.shape[1] == 1:
+        return rhs / banded[1, 0]
+    return scipy.linalg.solveh_banded(banded, rhs, check_finite=False)
+
+
+def _spd_inverse(z: np.ndarray) -> np.ndarray:
+    """Inverses of symmetric positive definite matrices z (t, n, n) by Cholesky (LAPACK potrf and
+    potri: half the work of an LU inverse); LU where Cholesky fails (rounding at extreme scales)."""
+    out = np.empty_like(z)
+    upper = np.triu_indices(z.shape[-1], 1)
+    for k in range(z.shape[0]):
+        factor, info = scipy.linalg.lapack.dpotrf(z[k], lower=0, clean=0)
+        if info == 0:
+            inverse, info = scipy.linalg.lapack.dpotri(factor, lower=0)
+        if info != 0:
+            out[k] = np.linalg.inv(z[k])
+            continue
+        inverse[upper[1], upper[0]] = inverse[upper]
+        out[k] = inverse
+    return out
+
+
+# -- forward model: sources, outputs, device voltages --------------------------------------------
+
+
+def _sources(lines: CrossbarLines, g: np.ndarray, v: np.ndarray):
+    """Injected currents (r_u, r_b) of applied voltages v (B, t, rows) for stamps g."""
+    if lines.word_mode == "segment":
+        r_u = np.zeros((*v.shape, lines.cols))
+        r_u[..., 0] = lines.word_g[:, 0] * v
+        return r_u, None
+    if lines.word_mode == "node":
+        return (lines.word_g * v)[..., None], None
+    # Fixed word lines: the devices inject G V into the bit nodes.
+    if lines.bit_mode == "segment":
+        return None, g * v[..., None]
+    if lines.bit_mode == "node":
+        return None, np.einsum("tij,bti->btj", g, v)
+    return None, None
+
+
+def _cells(lines: CrossbarLines, v: np.ndarray, u, b) -> tuple[np.ndarray, np.ndarray]:
+    """Word-side and bit-side voltages of every cell (B, t, rows, cols)."""
+    shape = (*v.shape, lines.cols)
+    if lines.word_mode == "segment":
+        wc = u
+    elif lines.word_mode == "node":
+        wc = np.broadcast_to(u, shape)
+    else:
+        wc = np.broadcast_to(v[..., None], shape)
+    if lines.bit_mode == "segment":
+        bc = b
+    elif lines.bit_mode == "node":
+        bc = np.broadcast_to(b[:, :, None, :], shape)
+    else:
+        bc = np.zeros(shape)
+    return wc, bc
+
+
+def _outputs(lines: CrossbarLines, b, flows: np.ndarray) -> np.ndarray:
+    """Currents (B, t, cols) into ground from node voltages b or device currents flows."""
+    if lines.bit_mode == "segment":
+        return lines.bit_g[-1] * b[:, :, -1]
+    if lines.bit_mode == "node":
+        return lines.bit_g * b
+    return flows.sum(axis=2)
+
+
+def _output_adjoint(lines: CrossbarLines, stamps: np.ndarray, gy: np.ndarray):
+    """dL/d(u, b) of L = sum gy * outputs, stamps (B or 1, t, rows, cols) = dI/dV of devices."""
+    h_u = h_b = None
+    if lines.bit_mode == "segment":
+        h_b = np.zeros((*gy.shape[:2], lines.rows, lines.cols))
+        h_b[:, :, -1] = lines.bit_g[-1] * gy
+    elif lines.bit_mode == "node":
+        h_b = lines.bit_g * gy
+    elif lines.word_mode == "segment":
+        h_u = stamps * gy[:, :, None, :]
+    elif lines.word_mode == "node":
+        h_u = (stamps * gy[:, :, None, :]).sum(axis=-1, keepdims=True)
+    return h_u, h_b
+
+
+def _adjoint_cells(lines: CrossbarLines, lam_u, lam_b, gy: np.ndarray, shape) -> np.ndarray:
+    """lambda~_word - lambda~_bit per cell (B, t, rows, cols): the node adjoints, with fixed word
+    nodes at 0 and fixed bit nodes at the output's gradient."""
+    lw = 0.0 if lines.word_mode == "fixed" else lam_u  # (..., cols) or (..., 1)
+    if lines.bit_mode == "segment":
+        lb = lam_b
+    elif lines.bit_mode == "node":
+        lb = lam_b[:, :, None, :]
+    else:
+        lb = gy[:, :, None, :]
+    return np.broadcast_to(lw - lb, shape)
+
+
+def _voltage_adjoint(lines: CrossbarLines, lam_u, diff: np.ndarray, stamps: np.ndarray):
+    """dL/dV (B, t, rows) from the node adjoints (diff = lambda~_w - lambda~_b per cell)."""
+    if lines.word_mode == "segment":
+        return lines.word_g[:, 0] * lam_u[..., 0]
+    if lines.word_mode == "node":
+        return lines.word_g * lam_u[..., 0]
+    # Fixed word lines: V_i drives every device of its row; lambda~_w = 0 there.
+    return -(stamps * diff).sum(axis=-1)
+
+
+class _FactorCache:
+    """Least recently used factorisations, keyed by conductances and line resistances."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[Any, ...], CrossbarSystem] = OrderedDict()
+
+    def get(self, lines: CrossbarLines, g: np.ndarray) -> CrossbarSystem:
+        key = (lines.key(), g.shape, hashlib.blake2b(g.tobytes(), digest_size=16).digest())
+        system = self._entries.get(key)
+        if system is not None:
+            self._entries.move_to_end(key)
+            return system
+        system = CrossbarSystem(lines, g)
+        self._entries[key] = system
+        while (
+            sum(s.nbytes for s in self._entries.values()) > self.max_bytes
+            and len(self._entries) > 1
+        ):
+            self._entries.popitem(last=False)
+        if system.nbytes > self.max_bytes:
+            self._entries.pop(key)
+        return system
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+FACTOR_CACHE = _FactorCache(_FACTOR_CACHE_BYTES)
+"""Factorisations reused by `solve_crossbar` across calls with the same conductances (LRU, at
+most 1 GiB); `FACTOR_CACHE.clear()` frees them."""
+
+
+def _check_crossbar_inputs(voltages: Any, conductances: Any) -> tuple[np.ndarray, np.ndarray]:
+    g = np.asarray(conductances, dtype=float)
+    if g.ndim != 2:
+        raise ValueError(f"conductances: expected (rows, cols), got shape {g.shape}")
+    if not np.all(np.isfinite(g)) or np.any(g < 0):
+        raise ValueError("conductances: every device needs a finite conductance >= 0 S")
+    v = np.atleast_2d(np.asarray(voltages, dtype=float))
+    if v.ndim != 2 or v.shape[1] != g.shape[0]:
+        raise ValueError(
+            f"voltages: expected shape (batch, {g.shape[0]}), got {np.shape(voltages)}"
+        )
+    if not np.all(np.isfinite(v)):
+        raise ValueError("voltages: every applied voltage must be finite")
+    return v, g
+
+
 def solve_crossbar(
-    voltages: np.ndarray, conductances: np.ndarray, r_word: float, r_bit: float
-) -> np.ndarray:
-    """Output currents (batch, cols) in A flowing from the bit lines' grounded bottom ends.
+    voltages: np.ndarray,
+    conductances: np.ndarray,
+    r_word: float | np.ndarray,
+    r_bit: float | np.ndarray,
+    *,
+    r_driver: float | np.ndarray = 0.0,
+    r_sense: float | np.ndarray = 0.0,
+    current: DeviceFunction | None = None,
+    slope: DeviceFunction | None = None,
+    full: bool = False,
+    cache: bool = True,
+    tolerance: float = 1e-12,
+    max_iterations: int = 100,
+) -> np.ndarray | CrossbarSolution:
+    """Output currents (batch, cols) in A flowing from the bit lines' bottom ends into ground.
 
     voltages (batch, rows) in V at the word lines' left ends (a (rows,) vector is batch 1),
     conductances (rows, cols) in S (>= 0), r_word and r_bit the resistance of one line segment in
-    Ohm (>= 0). With r_word = r_bit = 0 this is exactly voltages @ conductances; otherwise the
-    nodal system is factorised once (scipy.sparse splu) and reused for the whole batch.
+    Ohm (>= 0; scalars or per segment (rows, cols), see `CrossbarLines`), r_driver (rows,) and
+    r_sense (cols,) optional series resistances at the drivers and at the (virtual-ground) sense
+    inputs. With no resistance anywhere this is exactly voltages @ conductances. Otherwise the
+    nodal system is factorised once (`CrossbarSystem`, float64) and reused for the whole batch and,
+    through `FACTOR_CACHE` (cache=True), for later calls with the same conductances.
+
+    Nonlinear devices: give `current` and `slope` (`DeviceFunction`s of device voltages
+    (batch, rows, cols); conductances then only seed Newton's method, e.g. the devices' chord
+    conductances). Newton's method reuses one factorisation for the whole batch (slopes at the
+    batch's mean device voltages), refactorising when convergence slows, and stops when no node
+    moves more than `tolerance` times the largest |applied voltage|.
+
+    full=True returns a `CrossbarSolution` with node voltages and device currents as well.
     """
-    conductances = np.asarray(conductances, dtype=float)
     squeeze = np.ndim(voltages) == 1
-    volts = np.atleast_2d(np.asarray(voltages, dtype=float))
-    if conductances.ndim != 2:
-        raise ValueError(f"conductances: expected (rows, cols), got shape {conductances.shape}")
-    if volts.ndim != 2 or volts.shape[1] != conductances.shape[0]:
-        raise ValueError(
-            f"voltages: expected shape (batch, {conductances.shape[0]}), got {np.shape(voltages)}"
-        )
-    _check_resistances(r_word, r_bit)
-    if r_word == 0 and r_bit == 0:
-        out = volts @ conductances
+    v, g = _check_crossbar_inputs(voltages, conductances)
+    lines = CrossbarLines.build(g.shape, r_word, r_bit, r_driver, r_sense)
+    if (current is None) != (slope is None):
+        raise ValueError("solve_crossbar: nonlinear devices need both current and slope")
+    v3 = v[:, None, :]
+    if current is None:
+        if lines.ideal:
+            out = v @ g
+            if not full:
+                return out[0] if squeeze else out
+        system = FACTOR_CACHE.get(lines, g[None]) if cache else CrossbarSystem(lines, g[None])
+        solution = _solve_linear(system, v3)
     else:
-        bits = np.zeros((volts.shape[0], conductances.shape[1]))
-        solution = solve_lines(
-            volts, bits, conductances, r_word, r_bit, return_device_voltages=False
+        wrapped_current = _tile_function(current)
+        wrapped_slope = _tile_function(slope)
+        solution = _solve_newton(
+            lines, g[None], v3, wrapped_current, wrapped_slope, tolerance, max_iterations
         )
-        out = -solution.bit_currents
-    return out[0] if squeeze else out
+    pick = (lambda a: np.asarray(a)[0, 0]) if squeeze else (lambda a: np.asarray(a)[:, 0])
+    if not full:
+        return pick(solution.output_currents)
+    return CrossbarSolution(
+        pick(solution.output_currents), pick(solution.word_voltages),
+        pick(solution.bit_voltages), pick(solution.device_currents), solution.iterations,
+    )  # fmt: skip
+
+
+def _tile_function(function: DeviceFunction) -> DeviceFunction:
+    """A (..., rows, cols) device function applied to (B, 1, rows, cols) stacks of one array."""
+    return lambda volts: function(volts[:, 0])[:, None]
+
+
+def _solve_linear(system: CrossbarSystem, v: np.ndarray) -> CrossbarSolution:
+    """Linear devices: v (B, t, rows) -> solution with (B, t, ...) arrays squeezed to t = 1 for
+    one array (the caller's (batch, ...) shapes)."""
+    lines, g = system.lines, system.g
+    step = max(1, _SOLVE_CHUNK // max(1, system.t * lines.rows * lines.cols))
+    outs, words, bits, flows = [], [], [], []
+    for start in range(0, v.shape[0], step):
+        part = v[start : start + step]
+        r_u, r_b = _sources(lines, g, part)
+        if lines.ideal or (r_u is None and r_b is None):
+            u = b = None
+        else:
+            u, b = system.solve(r_u, r_b)
+        wc, bc = _cells(lines, part, u, b)
+        flow = g * (wc - bc)
+        outs.append(_outputs(lines, b, flow))
+        words.append(wc)
+        bits.append(bc)
+        flows.append(flow)
+    return CrossbarSolution(
+        np.concatenate(outs), np.concatenate(words), np.concatenate(bits), np.concatenate(flows)
+    )
+
+
+def _solve_newton(
+    lines: CrossbarLines,
+    g0: np.ndarray,
+    v: np.ndarray,
+    current: DeviceFunction,
+    slope: DeviceFunction,
+    tolerance: float,
+    max_iterations: int,
+) -> CrossbarSolution:
+    """Nonlinear devices on t arrays (conductances g0 (t, rows, cols) seed the first guess)."""
+    u, b, iterations, _ = _newton_nodes(lines, g0, v, current, slope, tolerance, max_iterations)
+    wc, bc = _cells(lines, v, u, b)
+    flow = current(wc - bc)
+    out = _outputs(lines, b, flow)
+    return CrossbarSolution(out, wc, bc, flow, iterations)
+
+
+def _newton_nodes(
+    lines: CrossbarLines,
+    g0: np.ndarray,
+    v: np.ndarray,
+    current: DeviceFunction,
+    slope: DeviceFunction,
+    tolerance: float,
+    max_iterations: int,
+):
+    """Node voltages (u, b) of nonlinear devices by Newton's method with a Jacobian shared by the
+    batch (a chord method; refactorised at the batch's mean device voltages when a step shrinks
+    by less than 4x). Returns u, b, iterations and the last factorised system."""
+    if lines.ideal:
+        return None, None, 0, None
+    scale = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
+    # First guess: linear devices with the slopes at the applied voltages' batch RMS per row.
+    rms = np.sqrt(np.mean(v * v, axis=0))  # (t, rows)
+    probe = np.broadcast_to(rms[None, :, :, None], (1, *g0.shape)).copy()
+    system = CrossbarSystem(lines, np.maximum(slope(probe)[0], 0.0))
+    r_u0, r_b0 = _sources(lines, system.g, v)
+    u, b = system.solve(r_u0, r_b0) if (r_u0 is not None or r_b0 is not None) else (None, None)
+    previous = np.inf
+    for iteration in range(1, max_iterations + 1):
+        wc, bc = _cells(lines, v, u, b)
+        volts = wc - bc
+        flow = current(volts)
+        res_u, res_b = _residual(lines, v, u, b, flow)
+        du, db = system.solve(None if res_u is None else -res_u, None if res_b is None else -res_b)
+        if u is not None:
+            u = u + du
+        if b is not None:
+            b = b + db
+        moved = max(
+            float(np.max(np.abs(du))) if du is not None else 0.0,
+            float(np.max(np.abs(db))) if db is not None else 0.0,
+        )
+        if moved <= tolerance * scale:
+            return u, b, iteration, system
+        if moved > 0.25 * previous:
+            wc, bc = _cells(lines, v, u, b)
+            system = CrossbarSystem(lines, np.mean(slope(wc - bc), axis=0))
+        previous = moved
+    raise RuntimeError(
+        f"solve_crossbar: Newton's method did not converge in {max_iterations} iterations"
+    )
+
+
+def _residual(lines: CrossbarLines, v: np.ndarray, u, b, flow: np.ndarray):
+    """Kirchhoff residuals (current leaving each unknown node) for device currents flow."""
+    res_u = res_b = None
+    if lines.word_mode == "segment":
+        seg = lines.word_g
+        left = np.concatenate([v[..., None], u[..., :-1]], axis=-1)
+        res_u = seg * (u - left) + flow
+        res_u[..., :-1] += seg[:, 1:] * (u[..., :-1] - u[..., 1:])
+    elif lines.word_mode == "node":
+        res_u = (lines.word_g * (u[..., 0] - v))[..., None] + flow.sum(axis=-1, keepdims=True)
+    if lines.bit_mode == "segment":
+        e = lines.bit_g
+        below = np.concatenate([b[:, :, 1:], np.zeros_like(b[:, :, :1])], axis=2)
+        res_b = e * (b - below) - flow
+        res_b[:, :, 1:] += e[:-1] * (b[:, :, 1:] - b[:, :, :-1])
+    elif lines.bit_mode == "node":
+        res_b = lines.bit_g * b - flow.sum(axis=2)
+    return res_u, res_b
+
+
+# -- differentiable solves (torch) ---------------------------------------------------------------
+
+TorchDeviceFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""Elementwise device current I(V, G) in A for device voltages V (B, t, rows, cols) in V and the
+conductances G (t, rows, cols) in S (float64); differentiable in both."""
+
+
+def crossbar_currents(
+    voltages: torch.Tensor,
+    conductances: torch.Tensor,
+    lines: CrossbarLines,
+    current: TorchDeviceFunction | None = None,
+    *,
+    tolerance: float = 1e-10,
+    max_iterations: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output currents (B, t, cols) in A and device power (B,) in W (no gradient) of t arrays
+    with voltages (B, t, rows) in V and conductances (t, rows, cols) in S, all of `lines`'s
+    geometry; (B, rows) and (rows, cols) are one array and give (B, cols).
+
+    Solved in float64 (results in the inputs' dtype). Gradients reach voltages and conductances
+    by the adjoint method: one more solve with the same factorisation (linear devices) or the
+    transposed Newton system at the solution (nonlinear `current`), never by unrolling.
+    """
+    single = conductances.dim() == 2
+    if single:
+        voltages, conductances = voltages[:, None, :], conductances[None]
+    if voltages.dim() != 3 or conductances.dim() != 3 or voltages.shape[1:] != (
+        conductances.shape[0], lines.rows
+    ) or conductances.shape[1:] != (lines.rows, lines.cols):  # fmt: skip
+        raise ValueError(
+            f"crossbar_currents: voltages {tuple(voltages.shape)} and conductances "
+            f"{tuple(conductances.shape)} do not match arrays of {lines.rows}x{lines.cols}"
+        )
+    if current is None:
+        if lines.ideal:
+            out = torch.einsum("bti,tij->btj", voltages, conductances)
+            power = torch.einsum("bti,tij->b", voltages * voltages, conductances).detach()
+        else:
+            out, power = _LinearCrossbar.apply(voltages, conductances, lines)
+    else:
+        out, power = _NonlinearCrossbar.apply(
+            voltages, conductances, lines, current, tolerance, max_iterations
+        )
+    return (out[:, 0], power) if single else (out, power)
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+class _LinearCrossbar(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, voltages, conductances, lines):  # type: ignore[override]
+        v, g = _numpy(voltages), _numpy(conductances)
+        system = CrossbarSystem(lines, g)
+        solution = _solve_linear(system, v)
+        ctx.system = system
+        ctx.cells = solution.word_voltages - solution.bit_voltages
+        power = np.abs(ctx.cells * solution.device_currents).sum(axis=(1, 2, 3))
+        like = voltages
+        out = torch.as_tensor(solution.output_currents).to(like)
+        power_t = torch.as_tensor(power).to(like)
+        ctx.mark_non_differentiable(power_t)
+        return out, power_t
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
+        system: CrossbarSystem = ctx.system
+        lines, g = system.lines, system.g
+        gy = _numpy(grad_out)
+        h_u, h_b = _output_adjoint(lines, g[None], gy)
+        lam_u, lam_b = system.solve(h_u, h_b)
+        diff = _adjoint_cells(lines, lam_u, lam_b, gy, ctx.cells.shape)
+        grad_v = grad_g = None
+        if ctx.needs_input_grad[1]:
+            grad_g = torch.as_tensor(-(ctx.cells * diff).sum(axis=0)).to(grad_out)
+        if ctx.needs_input_grad[0]:
+            grad_v = torch.as_tensor(_voltage_adjoint(lines, lam_u, diff, g[None])).to(grad_out)
+        return grad_v, grad_g, None
+
+
+def _numpy_device_functions(
+    current: TorchDeviceFunction, g: torch.Tensor
+) -> tuple[DeviceFunction, DeviceFunction]:
+    """numpy I(V) and dI/dV (elementwise, by autograd) at fixed conductances g (float64)."""
+
+    def value(volts: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return current(torch.from_numpy(np.ascontiguousarray(volts)), g).numpy()
+
+    def slope(volts: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.array(volts, dtype=float)).requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(current(x, g).sum(), x)
+        return grad.numpy()
+
+    return value, slope
+
+
+class _NonlinearCrossbar(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, voltages, conductances, lines, current, tolerance, max_iterations):  # type: ignore[override]
+        v = _numpy(voltages)
+        g = conductances.detach().to(dtype=torch.float64)
+        value, slope = _numpy_device_functions(current, g)
+        u, b, _, system = _newton_nodes(
+            lines, g.numpy(), v, value, slope, tolerance, max_iterations
+        )
+        wc, bc = _cells(lines, v, u, b)
+        cells = wc - bc
+        flow = value(cells)
+        out = _outputs(lines, b, flow)
+        ctx.lines, ctx.system, ctx.cells, ctx.g = lines, system, cells, g
+        ctx.current, ctx.slope, ctx.max_iterations = current, slope, max_iterations
+        power = np.abs(cells * flow).sum(axis=(1, 2, 3))
+        out_t = torch.as_tensor(out).to(voltages)
+        power_t = torch.as_tensor(power).to(voltages)
+        ctx.mark_non_differentiable(power_t)
+        return out_t, power_t
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
+        lines: CrossbarLines = ctx.lines
+        gy = _numpy(grad_out)
+        stamps = ctx.slope(ctx.cells)
+        h_u, h_b = _output_adjoint(lines, stamps, gy)
+        if ctx.system is None:  # ideal lines
+            lam_u = lam_b = None
+        else:
+            lam_u, lam_b = _adjoint_solve(ctx.system, stamps, h_u, h_b, ctx.max_iterations)
+        diff = _adjoint_cells(lines, lam_u, lam_b, gy, ctx.cells.shape)
+        grad_v = grad_g = None
+        if ctx.needs_input_grad[1]:
+            g = ctx.g.clone().requires_grad_(True)
+            with torch.enable_grad():
+                flow = ctx.current(torch.from_numpy(ctx.cells), g)
+                weights = torch.from_numpy(-np.ascontiguousarray(diff))
+                (grad,) = torch.autograd.grad(flow, g, weights)
+            grad_g = grad.to(grad_out)
+        if ctx.needs_input_grad[0]:
+            grad_v = torch.as_tensor(_voltage_adjoint(lines, lam_u, diff, stamps)).to(grad_out)
+        return grad_v, grad_g, None, None, None, None
+
+
+def _adjoint_solve(
+    system: CrossbarSystem, stamps: np.ndarray, h_u, h_b, max_iterations: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Solve J lambda = h for the per-vector Jacobians J (device slopes `stamps`), preconditioned
+    by the shared factorisation: lambda += J0^-1 (h - J lambda) until the correction stalls at
+    rounding level."""
+    lam_u, lam_b = system.solve(h_u, h_b)
+    scale = max(
+        float(np.max(np.abs(lam_u))) if lam_u is not None else 0.0,
+        float(np.max(np.abs(lam_b))) if lam_b is not None else 0.0,
+        1e-300,
+    )
+    for _ in range(max_iterations):
+        a_u, a_b = system.apply(lam_u, lam_b, stamps)
+        r_u = None if h_u is None and a_u is None else (0.0 if h_u is None else h_u) - a_u
+        r_b = None if h_b is None and a_b is None else (0.0 if h_b is None else h_b) - a_b
+        d_u, d_b = system.solve(r_u, r_b)
+        lam_u = lam_u + d_u if lam_u is not None else None
+        lam_b = lam_b + d_b if lam_b is not None else None
+        moved = max(
+            float(np.max(np.abs(d_u))) if d_u is not None else 0.0,
+            float(np.max(np.abs(d_b))) if d_b is not None else 0.0,
+        )
+        if moved <= 1e-13 * scale:
+            break
+    return lam_u, lam_b
 
 
 def solve_lines(

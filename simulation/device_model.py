@@ -21,6 +21,7 @@ from simulation.config import (
     require_mapping,
 )
 from simulation.current_models import CurrentModel, Ohmic, current_model_from_config
+from simulation.line_resistance import LineResistance
 from simulation.mapping import ConductanceRange
 from simulation.nonidealities import Disturbance, Draws, disturbance_from_config
 
@@ -28,6 +29,7 @@ Realisation = dict[str, Draws]
 """All random variables of one chip array: one Draws per disturbance and for the current model."""
 
 CURRENT_MODEL_KEY = "current_model"
+LINE_RESISTANCE_KEY = "line_resistance"
 
 
 def disturbance_key(index: int, disturbance: Disturbance) -> str:
@@ -44,6 +46,8 @@ class DeviceModel:
     disturbances: tuple[Disturbance, ...] = ()
     current_model: CurrentModel = field(default_factory=Ohmic)
     name: str = ""
+    line_resistance: LineResistance | None = None
+    """Word/bit-line resistance on tiles (None: ideal lines, the currents are V @ G-like)."""
 
     def __post_init__(self) -> None:
         if not self.k_v > 0:
@@ -53,7 +57,9 @@ class DeviceModel:
     @property
     def is_ideal(self) -> bool:
         """No disturbance and a linear current model: the crossbar computes V @ G exactly."""
-        return not self.disturbances and self.current_model.is_linear
+        return (
+            not self.disturbances and self.current_model.is_linear and self.line_resistance is None
+        )
 
     @property
     def is_random(self) -> bool:
@@ -88,7 +94,19 @@ class DeviceModel:
         currents (batch, cols) in A and device power (batch,) in W."""
         disturbed = self.disturb(conductances, realisation)
         draws = realisation.get(CURRENT_MODEL_KEY, {})
-        return self.current_model.column_currents(voltages, disturbed, draws)
+        return self.array_currents(voltages, disturbed, draws)
+
+    def array_currents(
+        self, voltages: torch.Tensor, conductances: torch.Tensor, draws: Draws
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bit-line currents (batch, cols) in A and device power (batch,) in W of conductances
+        the chip really holds (already disturbed): the current model, through the lines'
+        resistance when the model has one."""
+        if self.line_resistance is None:
+            return self.current_model.column_currents(voltages, conductances, draws)
+        return self.line_resistance.column_currents(
+            voltages, conductances, self.current_model, draws
+        )
 
     def to_config(self) -> dict[str, Any]:
         """A TOML-ready table; `DeviceModel.from_config` gives back an equal model."""
@@ -99,6 +117,8 @@ class DeviceModel:
         config["k_v"] = self.k_v
         config[CURRENT_MODEL_KEY] = self.current_model.to_config()
         config["nonidealities"] = [d.to_config() for d in self.disturbances]
+        if self.line_resistance is not None:
+            config[LINE_RESISTANCE_KEY] = self.line_resistance.to_config()
         return config
 
     @classmethod
@@ -106,7 +126,16 @@ class DeviceModel:
         table = require_mapping(config, where)
         reject_unknown_keys(
             table,
-            ["name", "description", "g_off", "g_on", "k_v", CURRENT_MODEL_KEY, "nonidealities"],
+            [
+                "name",
+                "description",
+                "g_off",
+                "g_on",
+                "k_v",
+                CURRENT_MODEL_KEY,
+                "nonidealities",
+                LINE_RESISTANCE_KEY,
+            ],
             where,
         )
         name = table.get("name", "")
@@ -126,4 +155,11 @@ class DeviceModel:
             disturbance_from_config(item, key_path(nonidealities_where, index))
             for index, item in enumerate(listed)
         )
-        return cls(g_range, k_v, disturbances, current, name)
+        line_resistance = None
+        if LINE_RESISTANCE_KEY in table:
+            line_where = key_path(where, LINE_RESISTANCE_KEY)
+            line_table = require_mapping(table[LINE_RESISTANCE_KEY], line_where)
+            line_resistance = LineResistance.from_config(
+                {"kind": LineResistance.kind, **line_table}, line_where
+            )
+        return cls(g_range, k_v, disturbances, current, name, line_resistance)

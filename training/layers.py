@@ -270,7 +270,7 @@ class CrossbarCore(nn.Module):
             if self._measured_k_g is not None:
                 k_g = conductances.new_tensor(self._measured_k_g)
             draws = realisation.get(CURRENT_MODEL_KEY, {})
-            currents, power = model.current_model.column_currents(voltages, measured, draws)
+            currents, power = model.array_currents(voltages, measured, draws)
             return currents_to_outputs(currents, model.k_v, k_g), power
         currents, power = model.column_currents(voltages, conductances, realisation)
         return currents_to_outputs(currents, model.k_v, k_g), power

@@ -230,3 +230,289 @@ def test_bad_input_is_named() -> None:
         solve_lines(np.ones((1, 2)), np.ones((1, 3)), -conductances)
     with pytest.raises(ValueError, match="either conductances"):
         solve_lines(np.ones((1, 2)), np.ones((1, 3)))
+
+
+# -- the fast solver: dense MNA with per-segment, driver and sense resistances -------------------
+
+
+def dense_mna(
+    voltages: np.ndarray,
+    conductances: np.ndarray,
+    r_word: np.ndarray,
+    r_bit: np.ndarray,
+    r_driver: np.ndarray,
+    r_sense: np.ndarray,
+) -> np.ndarray:
+    """Output currents (batch, cols) by modified nodal analysis on the full graph: a word node
+    and a bit node per cell, a source node per word line (an MNA voltage-source branch) and a
+    sense node per bit line held at 0 V (also a branch), every resistor stamped explicitly."""
+    rows, cols = conductances.shape
+    cells = rows * cols
+    n_nodes = 2 * cells + rows  # word nodes, bit nodes, driver nodes; ground = -1
+    size = n_nodes + rows + cols  # plus branch currents of the word sources and sense shorts
+    matrix = np.zeros((size, size))
+
+    def stamp(p: int, q: int, g: float) -> None:
+        for a, b, s in ((p, p, g), (q, q, g), (p, q, -g), (q, p, -g)):
+            if a >= 0 and b >= 0:
+                matrix[a, b] += s
+
+    sense_node = []
+    for i in range(rows):
+        for j in range(cols):
+            stamp(i * cols + j, cells + i * cols + j, conductances[i, j])
+            left = 2 * cells + i if j == 0 else i * cols + j - 1
+            resistance = r_word[i, j] + (r_driver[i] if j == 0 else 0.0)
+            stamp(left, i * cols + j, 1.0 / resistance)
+            if i + 1 < rows:
+                stamp(cells + i * cols + j, cells + (i + 1) * cols + j, 1.0 / r_bit[i, j])
+    for j in range(cols):
+        # Bottom segment plus sense resistance to ground.
+        stamp(cells + (rows - 1) * cols + j, -1, 1.0 / (r_bit[rows - 1, j] + r_sense[j]))
+        sense_node.append(cells + (rows - 1) * cols + j)
+    for i in range(rows):  # voltage source: driver node = V_i
+        k = n_nodes + i
+        matrix[2 * cells + i, k] = matrix[k, 2 * cells + i] = 1.0
+    for j in range(cols):  # unused branch rows for the sense inputs: identity (kept square)
+        matrix[n_nodes + rows + j, n_nodes + rows + j] = 1.0
+    outputs = []
+    for v in voltages:
+        rhs = np.zeros(size)
+        rhs[n_nodes : n_nodes + rows] = v
+        x = np.linalg.solve(matrix, rhs)
+        outputs.append([x[sense_node[j]] / (r_bit[rows - 1, j] + r_sense[j]) for j in range(cols)])
+    return np.array(outputs)
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (1, 7), (6, 1), (1, 1), (3, 8)])
+def test_fast_solver_matches_dense_mna_with_per_segment_driver_and_sense(
+    shape: tuple[int, int],
+) -> None:
+    rng = np.random.default_rng(10 + shape[0] * 7 + shape[1])
+    rows, cols = shape
+    g = rng.uniform(1e-6, 5e-3, shape)
+    r_word = rng.uniform(0.2, 3.0, shape)
+    r_bit = rng.uniform(0.2, 3.0, shape)
+    r_driver = rng.uniform(0.0, 50.0, rows)
+    r_sense = rng.uniform(0.0, 20.0, cols)
+    voltages = rng.uniform(-0.5, 0.5, (6, rows))
+    out = solve_crossbar(voltages, g, r_word, r_bit, r_driver=r_driver, r_sense=r_sense)
+    reference = dense_mna(voltages, g, r_word, r_bit, r_driver, r_sense)
+    np.testing.assert_allclose(out, reference, rtol=1e-9, atol=1e-12 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize(("g_low", "g_high"), [(1e-12, 1e-10), (1e-2, 1e2), (1e-9, 1e1)])
+def test_fast_solver_with_extreme_conductances(g_low: float, g_high: float) -> None:
+    rng = np.random.default_rng(3)
+    g = np.exp(rng.uniform(np.log(g_low), np.log(g_high), (6, 5)))
+    voltages = rng.uniform(0.0, 0.4, (4, 6))
+    rw, rb = np.full((6, 5), 0.35), np.full((6, 5), 0.32)
+    out = solve_crossbar(voltages, g, 0.35, 0.32)
+    reference = dense_mna(voltages, g, rw, rb, np.zeros(6), np.zeros(5))
+    np.testing.assert_allclose(out, reference, rtol=1e-9)
+
+
+def test_ideal_lines_are_exactly_v_at_g_and_the_full_solution_is_consistent() -> None:
+    from simulation.circuit import CrossbarSolution
+
+    rng = np.random.default_rng(8)
+    g = rng.uniform(1e-6, 1e-3, (7, 5))
+    voltages = rng.uniform(-0.3, 0.3, (9, 7))
+    assert np.array_equal(solve_crossbar(voltages, g, 0.0, 0.0), voltages @ g)
+    assert np.array_equal(solve_crossbar(voltages, g, np.zeros((7, 5)), 0.0), voltages @ g)
+    full = solve_crossbar(voltages, g, 1.5, 2.0, full=True)
+    assert isinstance(full, CrossbarSolution)
+    flows = full.device_currents
+    np.testing.assert_allclose(flows, g * (full.word_voltages - full.bit_voltages), rtol=1e-12)
+    # Every device current reaches ground: outputs are the column sums.
+    np.testing.assert_allclose(full.output_currents, flows.sum(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(full.bit_voltages[:, -1] / 2.0, full.output_currents, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("r_word", "r_bit", "r_driver", "r_sense"),
+    [(0.0, 2.0, 0.0, 0.0), (2.0, 0.0, 0.0, 0.0), (0.0, 0.0, 30.0, 0.0), (0.0, 0.0, 0.0, 20.0),
+     (0.0, 3.0, 25.0, 0.0), (1.0, 0.0, 0.0, 15.0), (0.0, 0.0, 40.0, 10.0)],
+)  # fmt: skip
+def test_ideal_line_types_match_the_limit_of_tiny_segments(
+    r_word: float, r_bit: float, r_driver: float, r_sense: float
+) -> None:
+    rng = np.random.default_rng(6)
+    g = rng.uniform(1e-4, 2e-3, (4, 6))
+    voltages = rng.uniform(-0.3, 0.3, (3, 4))
+    kwargs = {"r_driver": r_driver, "r_sense": r_sense}
+    exact = solve_crossbar(voltages, g, r_word, r_bit, **kwargs)
+    # 1 uOhm segments: their own effect is ~1e-8 relative, and rounding stays far below.
+    tiny = solve_crossbar(voltages, g, r_word or 1e-6, r_bit or 1e-6, **kwargs)
+    np.testing.assert_allclose(exact, tiny, rtol=1e-6)
+
+
+def test_factorisation_is_reused_across_calls() -> None:
+    from simulation.circuit import FACTOR_CACHE
+
+    FACTOR_CACHE.clear()
+    rng = np.random.default_rng(1)
+    g = rng.uniform(1e-6, 1e-3, (8, 6))
+    first = solve_crossbar(rng.uniform(0, 0.3, (5, 8)), g, 1.0, 1.0)
+    assert len(FACTOR_CACHE._entries) == 1
+    second_v = rng.uniform(0, 0.3, (3, 8))
+    second = solve_crossbar(second_v, g, 1.0, 1.0)
+    assert len(FACTOR_CACHE._entries) == 1  # the same factorisation served both calls
+    assert first.shape == (5, 6)
+    np.testing.assert_allclose(
+        second, solve_crossbar(second_v, g, 1.0, 1.0, cache=False), rtol=1e-13
+    )
+    solve_crossbar(second_v, g * 1.01, 1.0, 1.0)
+    assert len(FACTOR_CACHE._entries) == 2
+
+
+def _badcrossbar():
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import badcrossbar as module
+    except ImportError:
+        pytest.skip("badcrossbar (test-time oracle) is not installed")
+    import logging
+
+    logging.getLogger("badcrossbar").setLevel(logging.WARNING)
+    logging.disable(logging.INFO)
+    return module
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (1, 4), (4, 1), (16, 12)])
+def test_fast_solver_matches_badcrossbar(shape: tuple[int, int]) -> None:
+    module = _badcrossbar()
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    g = rng.uniform(5e-7, 3.5e-3, shape)
+    voltages = rng.uniform(0.0, 0.5, (4, shape[0]))
+    solution = module.compute(
+        voltages.T, 1.0 / g, r_i_word_line=0.35, r_i_bit_line=0.32,
+        node_voltages=False, all_currents=False,
+    )  # fmt: skip
+    reference = np.asarray(solution.currents.output).reshape(4, shape[1])
+    np.testing.assert_allclose(solve_crossbar(voltages, g, 0.35, 0.32), reference, rtol=1e-9)
+
+
+# -- gradients by the adjoint method, and Newton for nonlinear devices ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("r_word", "r_bit", "r_driver", "r_sense"),
+    [(0.7, 0.5, 0.0, 0.0), (0.0, 0.9, 0.0, 0.0), (0.8, 0.0, 0.0, 0.0), (0.0, 0.0, 20.0, 10.0),
+     (0.6, 0.4, 5.0, 3.0)],
+)  # fmt: skip
+def test_linear_gradients_pass_gradcheck(
+    r_word: float, r_bit: float, r_driver: float, r_sense: float
+) -> None:
+    import torch
+
+    from simulation.circuit import CrossbarLines, crossbar_currents
+
+    torch.manual_seed(0)
+    lines = CrossbarLines.build((4, 3), r_word, r_bit, r_driver, r_sense)
+    voltages = torch.rand(2, 2, 4, dtype=torch.float64, requires_grad=True)  # 2 arrays
+    g = (torch.rand(2, 4, 3, dtype=torch.float64) * 0.05 + 0.01).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda v, c: crossbar_currents(v, c, lines)[0], (voltages, g), eps=1e-7, atol=1e-8
+    )
+
+
+def _pf_torch(beta: float):
+    import torch
+
+    def current(volts, g):
+        return volts * g * torch.exp(beta * volts.abs().clamp_min(1e-300).sqrt())
+
+    return current
+
+
+def test_nonlinear_gradients_pass_gradcheck() -> None:
+    import torch
+
+    from simulation.circuit import CrossbarLines, crossbar_currents
+
+    torch.manual_seed(1)
+    current = _pf_torch(2.0)
+    for r in ((0.7, 0.5), (0.0, 0.9), (0.8, 0.0)):
+        lines = CrossbarLines.build((3, 4), *r)
+        voltages = (torch.rand(3, 3, dtype=torch.float64) * 0.4 + 0.05).requires_grad_(True)
+        g = (torch.rand(3, 4, dtype=torch.float64) * 0.05 + 0.01).requires_grad_(True)
+        assert torch.autograd.gradcheck(
+            lambda v, c, lines=lines: crossbar_currents(v, c, lines, current)[0],
+            (voltages, g), eps=1e-7, atol=1e-8,
+        )  # fmt: skip
+
+
+def dense_nonlinear(voltages, beta, g, r_word, r_bit):
+    """Full Newton on the dense 2 R C nodal system of one example (np.linalg.solve per step)."""
+    rows, cols = g.shape
+    n = rows * cols
+    outputs = []
+    for v in voltages:
+        x = np.zeros(2 * n)
+        for _ in range(100):
+            u, b = x[:n].reshape(rows, cols), x[n:].reshape(rows, cols)
+            d = u - b
+            root = np.sqrt(np.abs(d))
+            flow = d * g * np.exp(beta * root)
+            slope = g * np.exp(beta * root) * (1 + 0.5 * beta * root)
+            jac = np.zeros((2 * n, 2 * n))
+            res = np.zeros(2 * n)
+            for i in range(rows):
+                for j in range(cols):
+                    p, q = i * cols + j, n + i * cols + j
+                    res[p] += flow[i, j]
+                    res[q] -= flow[i, j]
+                    for a, c, s in ((p, p, 1), (q, q, 1), (p, q, -1), (q, p, -1)):
+                        jac[a, c] += s * slope[i, j]
+                    left = v[i] if j == 0 else x[p - 1]
+                    res[p] += (x[p] - left) / r_word
+                    jac[p, p] += 1 / r_word
+                    if j > 0:
+                        jac[p, p - 1] -= 1 / r_word
+                    if j + 1 < cols:
+                        res[p] += (x[p] - x[p + 1]) / r_word
+                        jac[p, p] += 1 / r_word
+                        jac[p, p + 1] -= 1 / r_word
+                    below = x[q + cols] if i + 1 < rows else 0.0
+                    res[q] += (x[q] - below) / r_bit
+                    jac[q, q] += 1 / r_bit
+                    if i + 1 < rows:
+                        jac[q, q + cols] -= 1 / r_bit
+                    if i > 0:
+                        res[q] += (x[q] - x[q - cols]) / r_bit
+                        jac[q, q] += 1 / r_bit
+                        jac[q, q - cols] -= 1 / r_bit
+            step = np.linalg.solve(jac, -res)
+            x += step
+            if np.max(np.abs(step)) < 1e-15:
+                break
+        outputs.append(x[n + (rows - 1) * cols :] / r_bit)
+    return np.array(outputs)
+
+
+def test_newton_matches_a_dense_nonlinear_solve() -> None:
+    rng = np.random.default_rng(12)
+    g = rng.uniform(1e-4, 3e-3, (5, 4))
+    beta = 3.0
+    voltages = rng.uniform(0.05, 0.5, (3, 5))
+
+    def current(v):
+        return v * g * np.exp(beta * np.sqrt(np.abs(v)))
+
+    def slope(v):
+        root = np.sqrt(np.abs(v))
+        return g * np.exp(beta * root) * (1 + 0.5 * beta * root)
+
+    solution = solve_crossbar(voltages, g, 2.0, 1.5, current=current, slope=slope, full=True)
+    reference = dense_nonlinear(voltages, beta, g, 2.0, 1.5)
+    np.testing.assert_allclose(solution.output_currents, reference, rtol=1e-9)
+    assert 1 <= solution.iterations < 40
+    # Linear callables reproduce the linear solve.
+    linear = solve_crossbar(
+        voltages, g, 2.0, 1.5, current=lambda v: g * v, slope=lambda v: np.broadcast_to(g, v.shape)
+    )
+    np.testing.assert_allclose(linear, solve_crossbar(voltages, g, 2.0, 1.5), rtol=1e-11)

@@ -1,0 +1,162 @@
+"""Crossbar circuit solver: time per batch of 100 vectors against badcrossbar, a training step
+with line resistance against the same step without, and peak memory of a 512 x 512 solve.
+
+Same inputs for both solvers: conductances uniform in the high-R SiOx window (5.25e-7 ..
+2.62e-6 S) or the low-R one (6.9e-4 .. 3.45e-3 S), voltages uniform in [0, 0.5] V, r_word = 0.35
+Ohm, r_bit = 0.32 Ohm. "cold" includes the factorisation, "warm" reuses it (same conductances,
+new vectors). badcrossbar (MIT, test/benchmark-only dependency) is skipped if not installed or
+when its estimated time exceeds --badcrossbar-limit.
+
+Run: python -m benchmarks.bench_circuit [--sizes 64 128 256 512] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from simulation.circuit import FACTOR_CACHE, solve_crossbar
+from simulation.line_resistance import LineResistance
+from training.layers import set_network_device_model
+from training.networks import build_network
+from xbarlab.config import load_device_model
+from xbarlab.tables import print_table
+
+WINDOWS = {"high-R": (5.25e-7, 2.62e-6), "low-R": (6.9e-4, 3.45e-3)}
+
+
+def badcrossbar_module():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import badcrossbar
+    except ImportError:
+        return None
+    logging.disable(logging.INFO)
+    return badcrossbar
+
+
+def solver_table(sizes: list[int], window: str, limit: float) -> None:
+    module = badcrossbar_module()
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in sizes:
+        g = rng.uniform(*WINDOWS[window], (n, n))
+        v = rng.uniform(0.0, 0.5, (100, n))
+        FACTOR_CACHE.clear()
+        start = time.perf_counter()
+        ours = solve_crossbar(v, g, 0.35, 0.32)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        solve_crossbar(rng.uniform(0.0, 0.5, (100, n)), g, 0.35, 0.32)
+        warm = time.perf_counter() - start
+        FACTOR_CACHE.clear()
+        reference, error, ratio = None, "-", "-"
+        if module is not None and (n <= 256 or limit > 60):
+            start = time.perf_counter()
+            solution = module.compute(
+                v.T, 1.0 / g, r_i_word_line=0.35, r_i_bit_line=0.32,
+                node_voltages=False, all_currents=False,
+            )  # fmt: skip
+            reference = time.perf_counter() - start
+            out = np.asarray(solution.currents.output).reshape(100, n)
+            error = f"{np.max(np.abs(ours - out) / np.abs(out)):.1e}"
+            ratio = f"{reference / cold:.1f}x"
+        rows.append([
+            f"{n}x{n}", f"{cold * 1e3:.0f}", f"{warm * 1e3:.0f}",
+            "-" if reference is None else f"{reference * 1e3:.0f}", ratio, error,
+        ])  # fmt: skip
+    print(f"\nSolve 100 vectors, {window} conductances, r = 0.35 / 0.32 Ohm")
+    print_table(
+        ["array", "ours cold ms", "ours warm ms", "badcrossbar ms", "speed-up (cold)",
+         "max rel diff"], rows,
+    )  # fmt: skip
+
+
+def training_step_table(steps: int) -> None:
+    spec = {"input_shape": [1, 28, 28], "classes": 10, "hidden": [25], "activation": "sigmoid"}
+    rows = []
+    base = None
+    for device in ("siox-high-r", "siox-low-r"):
+        for lines in (None, LineResistance(0.35, 0.32, (128, 64))):
+            torch.manual_seed(0)
+            network = build_network({**spec, "weights": "double"})
+            model = load_device_model(device)
+            if lines is not None:
+                from dataclasses import replace
+
+                model = replace(model, line_resistance=lines)
+            set_network_device_model(network, model, sampling="resample", seed=0)
+            optimizer = torch.optim.SGD(network.parameters(), lr=0.01)
+            x = torch.rand(steps + 1, 64, 1, 28, 28)
+            y = torch.randint(0, 10, (steps + 1, 64))
+            times = []
+            for index in range(steps + 1):
+                start = time.perf_counter()
+                loss = torch.nn.functional.cross_entropy(network(x[index]), y[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                times.append(time.perf_counter() - start)
+            per_step = float(np.median(times[1:]))
+            if lines is None:
+                base = per_step
+            rows.append([
+                device, "off" if lines is None else "0.35/0.32 Ohm, 128x64 tiles",
+                f"{per_step * 1e3:.1f}", f"{per_step / base:.1f}x",
+            ])  # fmt: skip
+    print(f"\nTraining step, 784-25-10, batch 64, PF devices, resample (median of {steps})")
+    print_table(["device", "line resistance", "ms/step", "vs off"], rows)
+
+
+def peak_memory_child() -> None:
+    rng = np.random.default_rng(0)
+    g = rng.uniform(*WINDOWS["high-R"], (512, 512))
+    v = rng.uniform(0.0, 0.5, (100, 512))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    solve_crossbar(v, g, 0.35, 0.32, cache=False)
+    took = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{before / 1024:.0f} {peak / 1024:.0f} {took:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--windows", nargs="+", default=["high-R"], choices=list(WINDOWS))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--badcrossbar-limit", type=float, default=600.0)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["solver", "training", "memory"])
+    parser.add_argument("--peak-memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak_memory_child:
+        peak_memory_child()
+        return
+    if "solver" not in args.skip:
+        for window in args.windows:
+            solver_table(args.sizes, window, args.badcrossbar_limit)
+    if "training" not in args.skip:
+        training_step_table(args.steps)
+    if "memory" not in args.skip:
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_circuit", "--peak-memory-child"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        before, peak, took = result.stdout.split()
+        print(
+            f"\n512x512, 100 vectors, no cache: peak RSS {peak} MiB "
+            f"(process before the solve {before} MiB), {took} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
