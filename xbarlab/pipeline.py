@@ -290,7 +290,9 @@ class Pipeline:
             except BaseException as error:
                 if self.crossbar is not None:
                     self.crossbar.outputs_off()
-                self.store.log({"event": "stage_failed", "stage": stage, "error": repr(error)})
+                stopped = isinstance(error, Cancelled | KeyboardInterrupt)
+                event = "stage_stopped" if stopped else "stage_failed"
+                self.store.log({"event": event, "stage": stage, "error": repr(error)})
                 raise
             self.stage_times[stage] = time.perf_counter() - started
             self.store.log(

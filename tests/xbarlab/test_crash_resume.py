@@ -13,26 +13,16 @@ import time
 
 import numpy as np
 import pytest
+from emulated_setups import emulated_setup
 
 from instruments import open_crossbar
 from instruments.program import FINISHED_CODES
-from xbarlab.config import config_directory, read_toml
+from xbarlab.config import read_toml
 from xbarlab.pipeline import Pipeline, PipelineConfig
 from xbarlab.session_cli import toml_text
 from xbarlab.store import SessionStore
 
 pytestmark = pytest.mark.slow
-
-
-def emulated_setup(rows=70, cols=28):
-    """The 2600B + 707B emulated twin with a rows x cols chip (emulator-only extra slots)."""
-    config = read_toml(config_directory() / "instruments" / "keithley2600-707b-emulated.toml")
-    names = [f"{1 + k // 12}/{1 + k % 12:02d}" for k in range(rows + cols)]
-    config["channel_map"] = {"word_lines": names[:rows], "bit_lines": names[rows:]}
-    config["matrix"]["slots"] = (rows + cols + 11) // 12
-    config["limits"]["max_read_voltage"] = 0.5
-    config["emulator"]["chip"] = {**config["emulator"]["chip"], "rows": rows, "cols": cols}
-    return config
 
 
 def pipeline_source(instrument_path):

@@ -174,18 +174,18 @@ def test_stop_during_programming_leaves_outputs_off_and_a_resumable_stage(tmp_pa
         status_before = store.read_stage("deployments/main/program").arrays["status"].copy()
         pulses_before = store.read_stage("deployments/main/program").arrays["pulses"].copy()
         finished = np.isin(status_before, (2, 3, 4, 5, 6))
-        assert 0 < finished.sum() < np.isfinite(
-            store.read_stage("deployments/main/program").arrays["targets"]
-        ).sum()
+        assert (
+            0
+            < finished.sum()
+            < np.isfinite(store.read_stage("deployments/main/program").arrays["targets"]).sum()
+        )
         # resume in the same session: finished cells get no more pulses
         ledger_before = crossbar.ledger.counts.copy()
         Pipeline(config, store, crossbar).run(("program",))
         assert store.status("deployments/main/program") == "complete"
         after = store.read_stage("deployments/main/program").arrays
         np.testing.assert_array_equal(after["pulses"][finished], pulses_before[finished])
-        np.testing.assert_array_equal(
-            crossbar.ledger.counts[finished], ledger_before[finished]
-        )
+        np.testing.assert_array_equal(crossbar.ledger.counts[finished], ledger_before[finished])
 
 
 @pytest.mark.parametrize(
