@@ -53,6 +53,7 @@ from simulation.fitting import (
 )
 
 PARTS: tuple[str, ...] = ("map", "read_noise", "stuck_scan", "pulse_response", "iv")
+REGIONS: tuple[str, ...] = ("all", "deployment")
 """Parts of `characterize`, in the order they run."""
 
 
@@ -170,7 +171,9 @@ class CharacterizeConfig:
     relative; 0 = do not restore). pulse_cells, pulse_count, pulse_set_amplitude,
     pulse_reset_amplitude, pulse_width: the pulse-response curves. iv_cells, iv_v_max, iv_points
     (per quarter branch), iv_spread (program the I-V cells to levels across the window first).
-    seed: which cells are sampled.
+    seed: which cells are sampled. region: "all" cells, or "deployment": only the cells a
+    caller passes as `region` to `characterize` (e.g. where a network will be placed) are
+    stuck-scanned and sampled (the map and read noise always cover the whole array).
     """
 
     parts: tuple[str, ...] = PARTS
@@ -194,6 +197,7 @@ class CharacterizeConfig:
     iv_spread: bool = True
     iv_bias_scheme: str | None = "grounded"
     seed: int = 0
+    region: str = "all"
 
     def __post_init__(self) -> None:
         where = "characterize config"
@@ -203,7 +207,7 @@ class CharacterizeConfig:
         object.__setattr__(self, "parts", tuple(p for p in PARTS if p in self.parts))
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("parts", "v_read", "iv_spread", "iv_bias_scheme"):
+            if f.name in ("parts", "v_read", "iv_spread", "iv_bias_scheme", "region"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"{key_path(where, f.name)}: expected a number, got {value!r}")
@@ -220,6 +224,10 @@ class CharacterizeConfig:
         if self.iv_bias_scheme is not None and self.iv_bias_scheme not in schemes:
             raise ConfigError(
                 f"{key_path(where, 'iv_bias_scheme')}: {self.iv_bias_scheme!r}; allowed: {schemes}"
+            )
+        if self.region not in REGIONS:
+            raise ConfigError(
+                f"{key_path(where, 'region')}: {self.region!r}; allowed: {list(REGIONS)}"
             )
         if self.v_read is not None and not self.v_read > 0:
             raise ConfigError(f"{key_path(where, 'v_read')}: {self.v_read!r} must be > 0 V")
@@ -248,6 +256,8 @@ class CharacterizeConfig:
                         f"{key_path(where, name)}: {bad!r} not allowed; allowed: {PARTS}"
                     )
                 values[name] = tuple(parts)
+            elif name == "region":
+                values[name] = read_choice(table, name, where, REGIONS)
             elif name == "iv_bias_scheme":
                 schemes = tuple(str(scheme) for scheme in BiasScheme)
                 values[name] = read_choice(table, name, where, schemes)
@@ -535,10 +545,12 @@ def characterize(
     config: CharacterizeConfig | Mapping[str, Any] | None = None,
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    region: np.ndarray | None = None,
 ) -> Characterisation:
     """Run the configured parts in order; events {"stage": "characterize", "part", "done",
     "total"} before each part and at the end; a stop returns what was measured so far with
-    cancelled = True."""
+    cancelled = True. `region` (bool, rows x cols): the cells stuck-scanned and sampled for
+    pulse response and I-V (default: all)."""
     if config is None:
         config = CharacterizeConfig()
     elif not isinstance(config, CharacterizeConfig):
@@ -557,7 +569,7 @@ def characterize(
             report(part, done)
             _check(should_stop)
             part_start = time.perf_counter()
-            _run_part(crossbar, config, result, part, rng, should_stop)
+            _run_part(crossbar, config, result, part, rng, should_stop, region)
             result.part_times_s[part] = time.perf_counter() - part_start
     except Cancelled:
         result.cancelled = True
@@ -573,11 +585,13 @@ def _run_part(
     part: str,
     rng: np.random.Generator,
     should_stop: StopCheck | None,
+    region: np.ndarray | None = None,
 ) -> None:
     shape = crossbar.shape
-    healthy = np.ones(shape, dtype=bool)
+    allowed = np.ones(shape, dtype=bool) if region is None else np.asarray(region, dtype=bool)
+    healthy = allowed.copy()
     if result.stuck_scan is not None:
-        healthy = ~result.stuck_scan.stuck
+        healthy &= ~result.stuck_scan.stuck
     if part == "map":
         result.map = read_map(crossbar, config.v_read, config.map_averages, should_stop)
     elif part == "read_noise":
@@ -593,11 +607,12 @@ def _run_part(
             width=config.stuck_width,
             threshold=config.stuck_threshold,
             restore=config.stuck_restore,
+            mask=region,
             v_read=config.v_read,
             should_stop=should_stop,
         )
     elif part == "pulse_response":
-        cells = _sample_cells(rng, np.ones(shape, dtype=bool), config.pulse_cells)
+        cells = _sample_cells(rng, allowed, config.pulse_cells)
         result.pulse_response = pulse_response(
             crossbar,
             cells,

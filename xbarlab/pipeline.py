@@ -309,7 +309,12 @@ class Pipeline:
         def progress(event: dict[str, Any]) -> None:
             self.emit("characterize", "progress", **_without_stage(event))
 
-        result = characterize(crossbar, self.config.characterize, progress, self.should_stop)
+        region = None
+        if self.config.characterize.region == "deployment":
+            region = self._planned_region(crossbar.shape)
+        result = characterize(
+            crossbar, self.config.characterize, progress, self.should_stop, region
+        )
         if result.cancelled:
             raise Cancelled("characterisation stopped")
         restore = None if result.stuck_scan is None else result.stuck_scan.restore
@@ -351,6 +356,13 @@ class Pipeline:
         )
         if result.map is not None:
             self.emit("characterize", "map", name="measured", conductances=result.map.conductances)
+
+    def _planned_region(self, array_shape: tuple[int, int]) -> np.ndarray:
+        """The cells the network will occupy (its deployment plan on this array)."""
+        spec = network_spec(self.config.experiment, self.data())
+        network = build_network(spec)
+        plan = plan_deployment(network_layer_shapes(network), array_shape, self.config.tile_shape)
+        return plan.chip_mask()
 
     # -- 2. train ---------------------------------------------------------------------------
 
@@ -450,13 +462,21 @@ class Pipeline:
                 message=f"resuming: {int(previous.finished.sum())} cells already finished",
             )
         live.write("targets", np.where(mask, targets, np.nan))
+        self.emit(
+            "program",
+            "map",
+            name="targets",
+            deployment=name,
+            conductances=np.where(mask, targets, np.nan),
+            write_verify=self.config.write_verify.to_config(),
+        )
 
         def progress(event: dict[str, Any]) -> None:
             live.write("achieved", event["achieved"])
             if "pulses" in event:
                 live.write("pulses", event["pulses"])
                 live.write("status", event["status"])
-            self.emit("program", "progress", **_without_stage(event))
+            self.emit("program", "progress", deployment=name, **_without_stage(event))
 
         result = program_map(
             crossbar,
@@ -483,9 +503,8 @@ class Pipeline:
             units={"conductances": "S"},
             overwrite=True,
         )
-        self.emit("program", "map", name="targets", conductances=result.targets)
-        self.emit("program", "map", name="achieved", conductances=readback)
-        self.emit("program", "metrics", **summary)
+        self.emit("program", "map", name="achieved", deployment=name, conductances=readback)
+        self.emit("program", "metrics", deployment=name, **summary)
         return result
 
     # -- 4. evaluate ------------------------------------------------------------------------

@@ -78,6 +78,13 @@ def add_session_commands(commands: argparse._SubParsersAction) -> None:
     read.add_argument("--v-read", type=float, help="read voltage in V (default: the config's)")
     read.add_argument("--output", type=Path, help="write the map (S) to this .npy file")
     read.add_argument("--session", type=Path, help="also store the map in this session file")
+    read.add_argument(
+        "--iv",
+        metavar="ROW,COL",
+        help="also sweep the I-V curve of this cell (0 -> +V -> 0 -> -V -> 0, grounded lines)",
+    )
+    read.add_argument("--iv-v-max", type=float, default=0.5, help="sweep amplitude in V")
+    read.add_argument("--iv-points", type=int, default=11, help="points per quarter branch")
 
     emulate = commands.add_parser(
         "emulate",
@@ -425,10 +432,19 @@ def command_read(args: argparse.Namespace) -> int:
     from instruments import open_crossbar
     from xbarlab.store import SessionStore
 
+    sweep = None
     with open_crossbar(args.instrument) as crossbar:
         v_read = args.v_read if args.v_read is not None else crossbar.v_read
         conductances = crossbar.read_all(v_read)
         record = crossbar.record()
+        if args.iv:
+            from instruments.characterize import iv_sweeps
+
+            try:
+                row, col = (int(v) for v in args.iv.split(","))
+            except ValueError:
+                raise SystemExit(f"xbarlab read: --iv {args.iv!r}: expected ROW,COL") from None
+            sweep = iv_sweeps(crossbar, [(row, col)], v_max=args.iv_v_max, points=args.iv_points)
     rows = [
         ["shape", f"{conductances.shape[0]} x {conductances.shape[1]}"],
         ["v_read", f"{v_read:g} V"],
@@ -438,6 +454,14 @@ def command_read(args: argparse.Namespace) -> int:
         ],
     ]
     print_table(["read", "value"], rows)
+    if sweep is not None:
+        print_table(
+            ["V", "I (A)"],
+            [
+                [f"{v:+.3f}", f"{i:+.4e}"]
+                for v, i in zip(sweep.voltages, sweep.currents[0], strict=True)
+            ],
+        )
     if args.output is not None:
         np.save(args.output, conductances)
         print(f"map written to {args.output}")

@@ -73,3 +73,44 @@ def test_console_script_help_lists_the_commands():
         [sys.executable, "-m", "xbarlab", "--help"], capture_output=True, text=True, check=True
     )
     assert "train" in completed.stdout and "reproduce" in completed.stdout
+
+
+def test_read_writes_the_map_and_sweeps_a_cell(tmp_path, capsys):
+    import numpy as np
+
+    from xbarlab.cli import main
+
+    output = tmp_path / "map.npy"
+    code = main(
+        [
+            "read",
+            "--instrument",
+            "simulated-siox-high-r-32x32",
+            "--output",
+            str(output),
+            "--session",
+            str(tmp_path / "s.h5"),
+            "--iv",
+            "1,2",
+            "--iv-points",
+            "2",
+        ]
+    )
+    assert code == 0
+    conductances = np.load(output)
+    assert conductances.shape == (32, 32)
+    assert np.all((conductances > 1e-8) & (conductances < 1e-4))
+    printed = capsys.readouterr().out
+    assert "+0.500" in printed and "-0.500" in printed  # the sweep's turning points
+
+
+def test_every_command_has_help(capsys):
+    import pytest
+
+    from xbarlab.cli import main
+
+    for command in ("demo", "characterize", "train", "program", "read", "evaluate", "emulate"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: xbarlab " + command in capsys.readouterr().out
