@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opened = args.session is None or window.open_session(args.session)
     if not opened and args.screenshot is not None:
         print(f"xbarlab gui: cannot open {args.session}", file=sys.stderr)
-        window.close()
+        _retire(app, window)
         return 2
     if args.screenshot is None:
         # Ctrl-C in the terminal closes the window (outputs off) instead of being ignored.
@@ -118,7 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"view: {path}")
         return 0
     finally:
-        window.close()
+        _retire(app, window)
+
+
+_RETIRED: list[object] = []
+"""Closed windows of in-process calls (tests, scripts) are kept until the interpreter exits:
+destroying a window's C++ side while its plot items still have events queued crashes Qt."""
+
+
+def _retire(app, window) -> None:
+    window.close()
+    app.processEvents()
+    _RETIRED.append(window)
 
 
 def _run_demo(app, window, args: argparse.Namespace) -> int:

@@ -34,3 +34,8 @@ def finished_run(qapp, tmp_path_factory) -> Iterator[FinishedRun]:
     seconds = time.perf_counter() - started
     yield FinishedRun(window, session, recorder, seconds, window.redraws - redraws)
     window.close()
+    qapp.processEvents()
+    _RETIRED.append(window)  # never destroyed while Qt may still deliver its items' events
+
+
+_RETIRED: list[object] = []
