@@ -432,7 +432,8 @@ def stuck_scan(
     swing = float(np.median(spans))
     stuck = np.zeros(shape, dtype=bool)
     stuck[rows, cols] = spans < threshold * swing
-    values = np.where(tested, np.nanmean(reads, axis=-1), np.nan)
+    values = np.full(shape, np.nan)
+    values[rows, cols] = np.nanmean(reads[rows, cols], axis=-1)
     restored = None
     if restore > 0:
         _check(should_stop)
