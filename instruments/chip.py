@@ -583,6 +583,28 @@ class SimulatedChip:
             bit_out[start : start + step] = -flow.sum(axis=1)
         return word_out, bit_out
 
+    def read_isolated(
+        self, rows: np.ndarray, cols: np.ndarray, v_read: float, averages: int = 1
+    ) -> np.ndarray | None:
+        """Bit-line currents (n,) in A of single-cell reads with every other line grounded:
+        word rows[k] at v_read, all bit lines at 0 V. With ideal lines (r_word = r_bit = 0) only
+        the selected device's current reaches its bit line, so this is what `read_batch` returns
+        for those configurations (same noise model) without evaluating the whole array per
+        cell. None when the lines have resistance (use read_batch)."""
+        p = self.parameters
+        if p.r_word != 0 or p.r_bit != 0:
+            return None
+        self._check_read_level(abs(float(v_read)))
+        with self.lock:
+            devices = self._now()[1]
+            volts = np.full(len(rows), float(v_read))
+            c = devices.c[rows, cols]
+            if devices.linear:
+                currents = volts * c
+            else:
+                currents = volts * c * np.exp(devices.beta[rows, cols] * np.sqrt(np.abs(volts)))
+            return self._noisy(-currents, np.ones(len(rows), dtype=bool), averages)
+
     def _noisy(self, currents: np.ndarray, measured: np.ndarray, averages: int) -> np.ndarray:
         """Currents plus Gaussian read noise; unmeasured (floating) terminals stay exactly 0."""
         p = self.parameters

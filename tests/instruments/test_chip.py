@@ -292,3 +292,21 @@ def test_config_validation_names_keys() -> None:
     custom = ChipParameters.from_config({"g_off": 1e-6, "g_on": 1e-5})
     assert (custom.g_off, custom.g_on, custom.device) == (1e-6, 1e-5, "siox-high-r")
     assert ChipParameters.from_config(custom.to_config()) == custom
+
+
+def test_isolated_reads_equal_full_array_reads_with_ideal_lines():
+    from instruments.chip import SimulatedChip
+
+    chip = SimulatedChip.from_config(
+        {"rows": 6, "cols": 5, "seed": 2, "read_noise": 0.0, "read_noise_floor": 0.0,
+         "initial_state": "random"}, "chip"
+    )  # fmt: skip
+    rows, cols = np.array([0, 3, 5, 5]), np.array([4, 0, 2, 2])
+    words = np.zeros((4, 6))
+    words[np.arange(4), rows] = 0.2
+    _, bit = chip.read_batch(words, np.zeros((4, 5)))
+    np.testing.assert_allclose(
+        chip.read_isolated(rows, cols, 0.2), bit[np.arange(4), cols], rtol=1e-12
+    )
+    lined = SimulatedChip.from_config({"rows": 3, "cols": 3, "r_word": 1.0}, "chip")
+    assert lined.read_isolated(np.array([0]), np.array([0]), 0.1) is None
