@@ -56,3 +56,22 @@ class Instrument(abc.ABC):
 
     def close(self) -> None:
         self.transport.close()
+
+
+def read_tsp_error_queue(instrument: Instrument) -> list[str]:
+    """Drain a TSP instrument's error queue (errorqueue.count / errorqueue.next(), 2600B and
+    707B reference manuals): ["code message", ...]."""
+    transport = instrument.transport
+    count = int(float(transport.query("print(errorqueue.count)")))
+    errors = []
+    for _ in range(count):
+        reply = transport.query("print(errorqueue.next())")
+        parts = reply.split("\t")
+        try:
+            code = int(float(parts[0]))
+        except ValueError:
+            raise InstrumentError(
+                instrument.name, "print(errorqueue.next())", reply, "unreadable error entry"
+            ) from None
+        errors.append(f"{code} {parts[1] if len(parts) > 1 else ''}".strip())
+    return errors

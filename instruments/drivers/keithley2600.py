@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from instruments.drivers.base import read_tsp_error_queue
 from instruments.drivers.smu import SourceMeter
 from instruments.drivers.transport import InstrumentError, InstrumentTimeout, Transport
 from instruments.limits import LimitError, SafetyLimits
@@ -132,20 +133,7 @@ class Keithley2600(SourceMeter):
 
     def read_errors(self) -> list[str]:
         """Drain the error queue: ["code message", ...]."""
-        count = int(float(self.transport.query("print(errorqueue.count)")))
-        errors = []
-        for _ in range(count):
-            reply = self.transport.query("print(errorqueue.next())")
-            parts = reply.split("\t")
-            try:
-                code = int(float(parts[0]))
-            except ValueError:
-                raise InstrumentError(
-                    self.name, "print(errorqueue.next())", reply, "unreadable error entry"
-                ) from None
-            message = parts[1] if len(parts) > 1 else ""
-            errors.append(f"{code} {message}".strip())
-        return errors
+        return read_tsp_error_queue(self)
 
     # -- SourceMeter ------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable
 from typing import ClassVar
 
-from instruments.drivers.base import Instrument
+from instruments.drivers.base import Instrument, read_tsp_error_queue
 from instruments.drivers.transport import IdentityMismatch, InstrumentError, Transport
 
 ROWS = "ABCDEFGH"
@@ -93,19 +93,7 @@ class Keithley707B(Instrument):
         """Drain the error queue (own bus); [] on TSP-Link, where the master's queue holds them."""
         if self.node is not None:
             return []
-        count = int(float(self.transport.query("print(errorqueue.count)")))
-        errors = []
-        for _ in range(count):
-            reply = self.transport.query("print(errorqueue.next())")
-            parts = reply.split("\t")
-            try:
-                code = int(float(parts[0]))
-            except ValueError:
-                raise InstrumentError(
-                    self.name, "print(errorqueue.next())", reply, "unreadable error entry"
-                ) from None
-            errors.append(f"{code} {parts[1] if len(parts) > 1 else ''}".strip())
-        return errors
+        return read_tsp_error_queue(self)
 
     # -- relays ---------------------------------------------------------------------------
 
