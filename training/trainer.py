@@ -99,6 +99,10 @@ def _read_trainer_table(config: Mapping[str, Any], where: str) -> dict[str, Any]
     }
 
 
+class TrainingStopped(Exception):
+    """`should_stop()` returned True between batches; the network is left mid-training."""
+
+
 @dataclass
 class EpochRecord:
     """What one epoch measured; accuracies in 0..1, power in W per example."""
@@ -155,10 +159,12 @@ def train(
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainingResult:
     """Train in place; the network ends with the selected epoch's parameters.
 
-    Selection "memristive" checkpoints on the best memristive-validation median (falls back to
+    `should_stop()` is polled before every batch (raises TrainingStopped). Selection
+    "memristive" checkpoints on the best memristive-validation median (falls back to
     standard validation when the network has no device model), "standard" on the best single
     validation pass, "last" keeps the final parameters.
     """
@@ -179,6 +185,8 @@ def train(
         loss_sum, correct, power_sum = 0.0, 0, 0.0
         order = torch.randperm(len(labels), generator=shuffle)
         for start in range(0, len(order), config.batch_size):
+            if should_stop is not None and should_stop():
+                raise TrainingStopped(f"stopped in epoch {epoch} at example {start}")
             index = order[start : start + config.batch_size]
             x, y = inputs[index], labels[index]
             logits = network(x)
@@ -243,6 +251,7 @@ __all__ = [
     "EpochRecord",
     "TrainerConfig",
     "TrainingResult",
+    "TrainingStopped",
     "l1_penalty",
     "train",
 ]

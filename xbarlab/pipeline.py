@@ -64,7 +64,7 @@ from training.layers import memristive_cores, set_network_device_model
 from training.networks import build_network, count_synapses
 from training.on_chip import evaluate_on_chip
 from training.power import tops_per_watt
-from training.trainer import TrainerConfig, train
+from training.trainer import TrainerConfig, TrainingStopped, train
 from xbarlab.store import SessionStore
 
 STAGES: tuple[str, ...] = ("characterize", "train", "program", "evaluate", "fine_tune")
@@ -393,7 +393,7 @@ class Pipeline:
             self._check_stop()
             self.emit("train", "epoch", **record.__dict__, epochs=experiment.trainer.epochs)
 
-        history = train(network, data, experiment.trainer, on_epoch=on_epoch)
+        history = self._train(network, data, experiment.trainer, on_epoch)
         if not experiment.aware:
             set_network_device_model(network, model, sampling="resample", seed=experiment.chip_seed)
         k_gs = [k for _, k in layer_conductances(network)]
@@ -412,6 +412,12 @@ class Pipeline:
                 "data": data.summary(),
             },
         )
+
+    def _train(self, network: Any, data: Any, trainer: TrainerConfig, on_epoch: Any) -> Any:
+        try:
+            return train(network, data, trainer, on_epoch=on_epoch, should_stop=self.should_stop)
+        except TrainingStopped as stopped:
+            raise Cancelled(str(stopped)) from None
 
     def _trained(self, run: str = "main") -> tuple[torch.nn.Module, DeploymentPlan, list[float]]:
         self._require(f"training/{run}", "program")
@@ -609,7 +615,7 @@ class Pipeline:
             self._check_stop()
             self.emit("fine_tune", "epoch", **record.__dict__, epochs=trainer.epochs)
 
-        history = train(network, self.data(), trainer, on_epoch=on_epoch)
+        history = self._train(network, self.data(), trainer, on_epoch)
         last = len(cores) - 1
         with torch.no_grad():
             new_g, new_k_g = cores[-1].conductances()

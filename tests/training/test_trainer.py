@@ -11,7 +11,7 @@ from training.datasets import load_dataset
 from training.evaluation import evaluate_on_chips, evaluate_once
 from training.layers import memristive_cores, set_network_device_model
 from training.networks import build_network
-from training.trainer import TrainerConfig, l1_penalty, train
+from training.trainer import TrainerConfig, TrainingStopped, l1_penalty, train
 
 RANGE = ConductanceRange(5.25e-7, 2.62e-6)
 STUCK_OFF = DeviceModel(RANGE, disturbances=(DISTURBANCES["stuck_at_g_off"](0.05),))
@@ -122,3 +122,20 @@ def test_bad_trainer_config_names_the_key(table, fragment):
     with pytest.raises(ConfigError) as caught:
         TrainerConfig.from_config(table, "training")
     assert fragment in str(caught.value)
+
+
+def test_should_stop_is_polled_between_batches(digits):
+    polls = []
+
+    def stop_on_the_fifth_poll():
+        polls.append(1)
+        return len(polls) >= 5
+
+    with pytest.raises(TrainingStopped, match="epoch 1 at example 256"):
+        train(
+            mlp(),
+            digits,
+            TrainerConfig(epochs=3, batch_size=64),
+            should_stop=stop_on_the_fifth_poll,
+        )
+    assert len(polls) == 5
