@@ -181,6 +181,8 @@ def pipeline_config(args: argparse.Namespace, store: Any | None = None) -> Any:
     if getattr(args, "dataset", None) in ("mnist", "fashion-mnist") and not args.instrument:
         source["instrument"] = _mnist_instrument(getattr(args, "backend", "simulated"))
         source["deploy"] = {"tile_rows": 128, "tile_cols": 64}
+        # on-chip multiplies of the whole 10k test set on an 832x384 simulated array are slow
+        source["evaluate"] = {**source.get("evaluate", {}), "on_chip_limit": 1000}
     return PipelineConfig.from_config(source, where)
 
 
