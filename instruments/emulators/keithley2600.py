@@ -35,8 +35,9 @@ from typing import Any, ClassVar
 
 from instruments.drivers.keithley2600 import NPLC_RANGE, SCRIPT_NAME, script_lines
 from instruments.emulators.bench import Bench, BenchShort, ChannelState
-from instruments.emulators.keithley707b import NUMBER, Keithley707BEmulator, tsp_number
+from instruments.emulators.keithley707b import NUMBER, Keithley707BEmulator
 from instruments.emulators.server import LineEmulator, command
+from instruments.emulators.tsp import TspEmulator, tsp_number
 
 OVERFLOW = 9.91e37  # 2600B reading of an overflowed measurement range
 SHIPPED_SCRIPT_SHA256 = hashlib.sha256("\n".join(script_lines()).encode("ascii")).hexdigest()
@@ -115,7 +116,7 @@ def parse_lua_arguments(text: str) -> list[Any]:
         position += 1
 
 
-class Keithley2600Emulator(LineEmulator):
+class Keithley2600Emulator(TspEmulator):
     """A 2636B: channels smua, smub on the bench as terminals "<prefix>.a", "<prefix>.b"."""
 
     identity: ClassVar[str] = "Keithley Instruments Inc., Model 2636B, 4420002, 4.0.4"
@@ -186,10 +187,6 @@ class Keithley2600Emulator(LineEmulator):
         for letter, state in self.states.items():
             state.level, state.output_on, state.compliance = 0.0, False, 1e-4
             self.settings[letter] = SmuSettings()
-
-    def unknown(self, line: str) -> None:
-        self.push_error(-285, f"TSP Syntax error at line 1: unexpected symbol near '{line[:24]}'")
-        return None
 
     def _guard(self, line: str, action: Callable[[], str | None]) -> str | None:
         """Run an action; Lua runtime errors and bench shorts queue -286 and print nothing."""
@@ -283,23 +280,6 @@ class Keithley2600Emulator(LineEmulator):
     @command(r"reset\(\)")
     def _reset_all(self) -> None:
         self.reset()
-
-    # -- error queue ----------------------------------------------------------------------------
-
-    @command(r"print\(errorqueue\.count\)")
-    def _error_count(self) -> str:
-        return tsp_number(len(self.errors))
-
-    @command(r"print\(errorqueue\.next\(\)\)")
-    def _error_next(self) -> str:
-        if not self.errors:
-            return f"{tsp_number(0)}\tQueue Is Empty\t{tsp_number(0)}\t{tsp_number(1)}"
-        code, message = self.errors.popleft()
-        return f"{tsp_number(code)}\t{message}\t{tsp_number(20)}\t{tsp_number(1)}"
-
-    @command(r"errorqueue\.clear\(\)")
-    def _error_clear(self) -> None:
-        self.errors.clear()
 
     # -- TSP-Link -------------------------------------------------------------------------------
 

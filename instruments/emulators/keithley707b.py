@@ -21,26 +21,23 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from instruments.emulators.bench import Bench, Line
-from instruments.emulators.server import LineEmulator, command
+from instruments.emulators.server import command
+from instruments.emulators.tsp import TspEmulator
 
 ROWS = "ABCDEFGH"
 COLUMNS = 12
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 
-def tsp_number(value: float) -> str:
-    """A number as TSP print() formats it by default ("1.00000e+01")."""
-    return f"{float(value):.5e}"
-
-
 class ChannelListError(ValueError):
     """A channel list argument the instrument refuses."""
 
 
-class Keithley707BEmulator(LineEmulator):
+class Keithley707BEmulator(TspEmulator):
     """A 707B on the bench; closures connect crossbar lines to terminals."""
 
     identity: ClassVar[str] = "Keithley Instruments Inc., Model 707B, 4420001, 1.6.0"
+    empty_queue_node: ClassVar[int] = 0
     model: ClassVar[str] = "707B"
 
     def __init__(
@@ -207,22 +204,3 @@ class Keithley707BEmulator(LineEmulator):
     @command(r"print\(localnode\.model\)")
     def _model(self) -> str:
         return self.model
-
-    @command(r"print\(errorqueue\.count\)")
-    def _error_count(self) -> str:
-        return tsp_number(len(self.errors))
-
-    @command(r"print\(errorqueue\.next\(\)\)")
-    def _error_next(self) -> str:
-        if not self.errors:
-            return f"{tsp_number(0)}\tQueue Is Empty\t{tsp_number(0)}\t{tsp_number(0)}"
-        code, message = self.errors.popleft()
-        return f"{tsp_number(code)}\t{message}\t{tsp_number(20)}\t{tsp_number(1)}"
-
-    @command(r"errorqueue\.clear\(\)")
-    def _error_clear(self) -> None:
-        self.errors.clear()
-
-    def unknown(self, line: str) -> None:
-        self.push_error(-285, f"TSP Syntax error at line 1: unexpected symbol near '{line[:24]}'")
-        return None
