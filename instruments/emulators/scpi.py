@@ -156,6 +156,15 @@ def split_parameters(text: str | None) -> list[str]:
     """Comma-separated parameters, quotes respected; [] when there are none."""
     if text is None or not text.strip():
         return []
+    items, unterminated = _split_outside_quotes(text, ",")
+    if unterminated:
+        raise ScpiError(-102, f"unterminated string in {text!r}")
+    return items
+
+
+def _split_outside_quotes(text: str, separator: str) -> tuple[list[str], bool]:
+    """Pieces of text (stripped) split at `separator` outside '...' and "..." quotes, and
+    whether a quote was left open."""
     items: list[str] = []
     current: list[str] = []
     quote = ""
@@ -167,15 +176,13 @@ def split_parameters(text: str | None) -> list[str]:
         elif ch in "\"'":
             quote = ch
             current.append(ch)
-        elif ch == ",":
+        elif ch == separator:
             items.append("".join(current).strip())
             current = []
         else:
             current.append(ch)
-    if quote:
-        raise ScpiError(-102, f"unterminated string in {text!r}")
     items.append("".join(current).strip())
-    return items
+    return items, bool(quote)
 
 
 def parse_number_list(
@@ -223,23 +230,7 @@ def format_number(value: float) -> str:
 def split_units(line: str) -> list[str]:
     """Program message units of one line (split at ";" outside quotes), relative headers
     expanded against the previous unit's path."""
-    units: list[str] = []
-    current: list[str] = []
-    quote = ""
-    for ch in line:
-        if quote:
-            current.append(ch)
-            if ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-            current.append(ch)
-        elif ch == ";":
-            units.append("".join(current).strip())
-            current = []
-        else:
-            current.append(ch)
-    units.append("".join(current).strip())
+    units, _ = _split_outside_quotes(line, ";")
     expanded: list[str] = []
     path = ""
     for unit in units:
