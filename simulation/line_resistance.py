@@ -32,6 +32,7 @@ from simulation.config import (
     reject_unknown_keys,
 )
 from simulation.current_models import CurrentModel
+from simulation.mapping import balanced_spans
 from simulation.nonidealities.base import Draws
 
 
@@ -127,28 +128,17 @@ def _read_tile_shape(config: Mapping[str, Any], where: str) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def _balanced(total: int, most: int) -> list[tuple[int, int]]:
-    count = math.ceil(total / most)
-    base, extra = divmod(total, count)
-    spans, start = [], 0
-    for index in range(count):
-        stop = start + base + (1 if index < extra else 0)
-        spans.append((start, stop))
-        start = stop
-    return spans
-
-
 class _Tiling:
     """Tiles of a (rows, cols) array: gather indices (t, M) and (t, N) into the padded tiles,
     masks of real cells, and where each tile's columns go."""
 
     def __init__(self, shape: tuple[int, int], most: tuple[int, int]) -> None:
         rows, cols = shape
-        row_blocks = _balanced(rows, most[0])
+        row_blocks = balanced_spans(rows, most[0])
         if cols % 2 == 0:
-            col_blocks = [(2 * a, 2 * b) for a, b in _balanced(cols // 2, most[1] // 2)]
+            col_blocks = [(2 * a, 2 * b) for a, b in balanced_spans(cols // 2, most[1] // 2)]
         else:
-            col_blocks = _balanced(cols, most[1])
+            col_blocks = balanced_spans(cols, most[1])
         self.blocks = [(r, c) for r in row_blocks for c in col_blocks]
         tile_rows = max(b - a for a, b in row_blocks)
         tile_cols = max(b - a for a, b in col_blocks)

@@ -8,6 +8,7 @@ y = (I+ - I-) / (k_V * k_G), with k_G (S per unit weight) the conductance scale.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -118,3 +119,16 @@ def currents_to_outputs(currents: torch.Tensor, k_v: float, k_g: torch.Tensor) -
     """Bit-line currents (..., 2n) in A -> layer outputs (..., n): (I+ - I-) / (k_V k_G)."""
     positive, negative = deinterleave(currents)
     return (positive - negative) / (k_v * k_g)
+
+
+def balanced_spans(total: int, most: int) -> list[tuple[int, int]]:
+    """Cut [0, total) into ceil(total / most) spans (start, stop) whose lengths differ by at
+    most 1: how a layer's rows (or column pairs) are split into tiles of at most `most`."""
+    count = math.ceil(total / most)
+    base, extra = divmod(total, count)
+    spans, start = [], 0
+    for index in range(count):
+        stop = start + base + (1 if index < extra else 0)
+        spans.append((start, stop))
+        start = stop
+    return spans

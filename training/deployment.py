@@ -15,7 +15,6 @@ Everything here is numpy/torch and imports nothing from `instruments`.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from torch import nn
 
 from simulation.config import ConfigError, key_path, read_int, reject_unknown_keys, require_mapping
 from simulation.device_model import disturbance_key
+from simulation.mapping import balanced_spans
 from simulation.nonidealities.stuck import StuckDevices, stuck_draws_from_map
 from training.layers import memristive_cores
 
@@ -278,7 +278,10 @@ def plan_deployment(
                 f"layer_shapes[{index}]: {cols} bit lines is odd; a crossbar has 2 per output"
             )
     blocks = [
-        (_balanced(rows, tile[0]), [(2 * a, 2 * b) for a, b in _balanced(cols // 2, tile[1] // 2)])
+        (
+            balanced_spans(rows, tile[0]),
+            [(2 * a, 2 * b) for a, b in balanced_spans(cols // 2, tile[1] // 2)],
+        )
         for rows, cols in shapes
     ]
     need_rows = sum(len(cb) * rows for (_, cb), (rows, _) in zip(blocks, shapes, strict=True))
@@ -434,18 +437,6 @@ def fix_chip_defects(
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def _balanced(total: int, most: int) -> list[Span]:
-    """Cut [0, total) into ceil(total / most) spans whose lengths differ by at most 1."""
-    count = math.ceil(total / most)
-    base, extra = divmod(total, count)
-    spans, start = [], 0
-    for index in range(count):
-        stop = start + base + (1 if index < extra else 0)
-        spans.append((start, stop))
-        start = stop
-    return spans
 
 
 def _shape(value: Any, where: str) -> Shape:
