@@ -407,6 +407,167 @@ def _spd_inverse(z: np.ndarray) -> np.ndarray:
     return out
 
 
+# -- iterative solver for segmented word and bit lines -------------------------------------------
+#
+# With resistance on both line types (the usual case) the nodal system is [A_u, -D; -D, A_b]: A_u
+# the word lines' Laplacian plus the device stamps D (tridiagonal along each word line), A_b the
+# same along each bit line. Block Gauss-Seidel alternates exact solves of one line family given
+# the other's voltages: u = A_u^-1 (r_u + D b), b = A_b^-1 (r_b + D u). Each sweep costs O(n) per
+# node (Thomas' algorithm, vectorised across lines and vectors) and shrinks the error by about
+# (d / (d + lam_u)) (d / (d + lam_b)), lam the smallest eigenvalue of a line's Laplacian, about
+# g_segment (pi / 2n)^2: ~1e-5 for high-R SiOx devices at 128 x 128, 3e-3 at 512 x 512, so a few
+# sweeps reach rounding level. Devices too strong for that (low-R arrays of hundreds of lines) are
+# detected after two sweeps and handed to the direct `CrossbarSystem`.
+#
+# Layouts: word nodes are kept as (cols, t, rows, B) and bit nodes as (rows, t, cols, B), the
+# chain axis first and the vectors innermost, so every step of Thomas' algorithm is one
+# contiguous slice and passing voltages between the families is a transpose of B-long runs.
+
+_SWEEP_RATE_LIMIT = 0.2
+"""Largest observed error reduction per sweep for which Gauss-Seidel is used (else direct)."""
+
+_MAX_SWEEPS = 40
+"""Most Gauss-Seidel sweeps before the solve gives up (`_SlowConvergence`)."""
+
+
+class _SlowConvergence(RuntimeError):
+    """Block Gauss-Seidel converges too slowly for these devices; use the direct solver."""
+
+
+def _factor_chains(diagonal: np.ndarray, coupling: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Factorise SPD tridiagonal chains along axis 0: diagonal (n, ...) in S and coupling[k] in S
+    (the conductance joining nodes k - 1 and k; coupling[0] unused).
+
+    Returns (forward, inverse, backward) with d_k the LDL^T pivots: the scaled forward sweep is
+    y_k = inverse_k f_k + forward_k y_{k-1} (forward_k = coupling_k / d_k) and back substitution
+    x_k = y_k + backward_k x_{k+1} (backward_k = coupling_{k+1} / d_k)."""
+    pivots = np.empty(np.broadcast_shapes(diagonal.shape, coupling.shape))
+    pivots[0] = diagonal[0]
+    for k in range(1, pivots.shape[0]):
+        pivots[k] = diagonal[k] - coupling[k] * coupling[k] / pivots[k - 1]
+    inverse = 1.0 / pivots
+    forward = np.zeros_like(pivots)
+    backward = np.zeros_like(pivots)
+    forward[1:] = coupling[1:] * inverse[1:]
+    backward[:-1] = coupling[1:] * inverse[:-1]
+    return forward, inverse, backward
+
+
+def _sweep_chains(x: np.ndarray, forward: np.ndarray, backward: np.ndarray) -> None:
+    """Thomas' algorithm in place on scaled right-hand sides x (n, ...) (see `_factor_chains`)."""
+    tmp = np.empty(x.shape[1:])
+    for k in range(1, x.shape[0]):
+        np.multiply(forward[k], x[k - 1], out=tmp)
+        x[k] += tmp
+    for k in range(x.shape[0] - 2, -1, -1):
+        np.multiply(backward[k], x[k + 1], out=tmp)
+        x[k] += tmp
+
+
+class SweepSystem:
+    """Block Gauss-Seidel solver for word and bit lines that both have segment resistance.
+
+    g: device stamps (conductances or Newton slopes) in S: (t, rows, cols) shared by every vector
+    ((rows, cols): one array) or (B, t, rows, cols) per vector. `solve` has the interface of
+    `CrossbarSystem.solve`; `solve_nodes` works in the internal layouts (see above). Raises
+    `_SlowConvergence` when the devices are too strong for Gauss-Seidel.
+    """
+
+    def __init__(self, lines: CrossbarLines, g: np.ndarray, tolerance: float = 1e-13) -> None:
+        if lines.word_mode != "segment" or lines.bit_mode != "segment":
+            raise ValueError("SweepSystem: both line types need segment resistance")
+        g = np.asarray(g, dtype=float)
+        g = g.reshape((1,) * (4 - g.ndim) + g.shape)  # (rows, cols) is one array
+        self.lines, self.tolerance = lines, tolerance
+        self.t = g.shape[1]
+        self.g_shared = g[0] if g.shape[0] == 1 else None
+        stamps_w = np.transpose(g, (3, 1, 2, 0))  # (cols, t, rows, B or 1)
+        stamps_b = np.transpose(g, (2, 1, 3, 0))  # (rows, t, cols, B or 1)
+        seg_w = lines.word_g.T[:, None, :, None]  # (cols, 1, rows, 1): left of each cell
+        diag_w = seg_w.copy()
+        diag_w[:-1] += seg_w[1:]
+        self.word = _factor_chains(diag_w + stamps_w, seg_w)
+        seg_b = lines.bit_g[:, None, :, None]  # (rows, 1, cols, 1): below each cell
+        diag_b = seg_b.copy()
+        diag_b[1:] += seg_b[:-1]
+        above = np.zeros_like(seg_b)
+        above[1:] = seg_b[:-1]  # joins row k - 1 to row k
+        self.bit = _factor_chains(diag_b + stamps_b, above)
+        self.scaled_w = stamps_w * self.word[1]
+        self.scaled_b = stamps_b * self.bit[1]
+
+    @property
+    def nbytes(self) -> int:
+        parts = (*self.word, *self.bit, self.scaled_w, self.scaled_b)
+        return sum(a.nbytes for a in parts)
+
+    def solve_nodes(
+        self,
+        f_u: np.ndarray | None,
+        f_b: np.ndarray | None,
+        f_u0: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Word nodes (cols, t, rows, B) and bit nodes (rows, t, cols, B) in V for injected
+        currents in A: f_u (cols, t, rows, B) into word nodes, f_b (rows, t, cols, B) into bit
+        nodes, f_u0 (t, rows, B) into the first word node only (the drivers); None = no current.
+        Stops when a sweep moves the far ends of the lines by at most `tolerance` times their
+        largest voltage and the observed rate says the rest is smaller still."""
+        rows, cols = self.lines.rows, self.lines.cols
+        batch = next(f.shape[-1] for f in (f_u, f_b, f_u0) if f is not None)
+        inv_w, inv_b = self.word[1], self.bit[1]
+        f_u = None if f_u is None else f_u * inv_w
+        f_b = None if f_b is None else f_b * inv_b
+        f_u0 = None if f_u0 is None else f_u0 * inv_w[0]
+        u = np.empty((cols, self.t, rows, batch))
+        b = np.zeros((rows, self.t, cols, batch))
+        last, change, rate = None, np.inf, 1.0
+        for sweep in range(1, _MAX_SWEEPS + 1):
+            np.multiply(b.transpose(2, 1, 0, 3), self.scaled_w, out=u)
+            if f_u is not None:
+                u += f_u
+            if f_u0 is not None:
+                u[0] += f_u0
+            _sweep_chains(u, self.word[0], self.word[2])
+            np.multiply(u.transpose(2, 1, 0, 3), self.scaled_b, out=b)
+            if f_b is not None:
+                b += f_b
+            _sweep_chains(b, self.bit[0], self.bit[2])
+            ends = (u[-1].copy(), b[-1].copy())
+            if last is not None:
+                moved = max(_relative_change(new, old) for new, old in zip(ends, last, strict=True))
+                rate = moved / change
+                if moved == 0 or (
+                    sweep >= 3 and rate < 0.5 and moved * rate / (1 - rate) <= self.tolerance
+                ):
+                    return u, b
+                if sweep >= 3 and rate > _SWEEP_RATE_LIMIT:
+                    raise _SlowConvergence(f"Gauss-Seidel rate {rate:.2g} per sweep")
+                change = moved
+            last = ends
+        raise _SlowConvergence(f"no convergence in {_MAX_SWEEPS} sweeps (rate {rate:.2g})")
+
+    def solve(
+        self, r_u: np.ndarray | None, r_b: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """`CrossbarSystem.solve` for segment lines: r_u, r_b (B, t, rows, cols) in A (either may
+        be None) -> word and bit node voltages (B, t, rows, cols) in V."""
+        f_u = None if r_u is None else np.transpose(r_u, (3, 1, 2, 0))
+        f_b = None if r_b is None else np.transpose(r_b, (2, 1, 3, 0))
+        if f_u is None and f_b is None:
+            return None, None
+        u, b = self.solve_nodes(f_u, f_b)
+        return (
+            np.ascontiguousarray(np.transpose(u, (3, 1, 2, 0))),
+            np.ascontiguousarray(np.transpose(b, (3, 1, 0, 2))),
+        )
+
+
+def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
+    """Largest change between two sweeps relative to the largest magnitude (0 for all zeros)."""
+    scale = float(np.max(np.abs(new))) if new.size else 0.0
+    return float(np.max(np.abs(new - old))) / scale if scale > 0 else 0.0
+
+
 # -- forward model: sources, outputs, device voltages --------------------------------------------
 
 
@@ -496,15 +657,19 @@ class _FactorCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[Any, ...], CrossbarSystem] = OrderedDict()
+        self._entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
-    def get(self, lines: CrossbarLines, g: np.ndarray) -> CrossbarSystem:
-        key = (lines.key(), g.shape, hashlib.blake2b(g.tobytes(), digest_size=16).digest())
+    def get(self, lines: CrossbarLines, g: np.ndarray, kind: type | None = None) -> Any:
+        """The system of `kind` (`CrossbarSystem` by default, or `SweepSystem`) for lines and
+        device conductances g (t, rows, cols), built once and then reused."""
+        kind = CrossbarSystem if kind is None else kind
+        digest = hashlib.blake2b(g.tobytes(), digest_size=16).digest()
+        key = (kind.__name__, lines.key(), g.shape, digest)
         system = self._entries.get(key)
         if system is not None:
             self._entries.move_to_end(key)
             return system
-        system = CrossbarSystem(lines, g)
+        system = kind(lines, g)
         self._entries[key] = system
         while (
             sum(s.nbytes for s in self._entries.values()) > self.max_bytes
@@ -584,8 +749,7 @@ def solve_crossbar(
             out = v @ g
             if not full:
                 return out[0] if squeeze else out
-        system = FACTOR_CACHE.get(lines, g[None]) if cache else CrossbarSystem(lines, g[None])
-        solution = _solve_linear(system, v3)
+        solution = _linear_solution(lines, g[None], v3, cache, outputs_only=not full)
     else:
         wrapped_current = _tile_function(current)
         wrapped_slope = _tile_function(slope)
@@ -604,6 +768,43 @@ def solve_crossbar(
 def _tile_function(function: DeviceFunction) -> DeviceFunction:
     """A (..., rows, cols) device function applied to (B, 1, rows, cols) stacks of one array."""
     return lambda volts: function(volts[:, 0])[:, None]
+
+
+def _sweepable(lines: CrossbarLines) -> bool:
+    """Both line types have segment resistance: `SweepSystem` applies."""
+    return lines.word_mode == "segment" and lines.bit_mode == "segment"
+
+
+def _linear_solution(
+    lines: CrossbarLines, g: np.ndarray, v: np.ndarray, cache: bool, outputs_only: bool = False
+) -> CrossbarSolution:
+    """Linear devices g (t, rows, cols) in S, voltages v (B, t, rows) in V: Gauss-Seidel where it
+    converges fast, else the direct `CrossbarSystem`; through `FACTOR_CACHE` if cache."""
+    if _sweepable(lines):
+        sweeper = FACTOR_CACHE.get(lines, g, SweepSystem) if cache else SweepSystem(lines, g)
+        try:
+            return _solve_linear_sweep(sweeper, v, outputs_only)
+        except _SlowConvergence:
+            pass
+    system = FACTOR_CACHE.get(lines, g) if cache else CrossbarSystem(lines, g)
+    return _solve_linear(system, v)
+
+
+def _solve_linear_sweep(system: SweepSystem, v: np.ndarray, outputs_only: bool) -> CrossbarSolution:
+    """`_solve_linear` by Gauss-Seidel; outputs_only leaves the node arrays as None (the cheap
+    path: the drivers inject into the first word node, outputs come from the last bit node)."""
+    lines = system.lines
+    drive = lines.word_g[:, 0][None, :, None] * np.transpose(v, (1, 2, 0))  # (t, rows, B)
+    u, b = system.solve_nodes(None, None, drive)
+    out = np.transpose(lines.bit_g[-1][None, :, None] * b[-1], (2, 0, 1))  # (B, t, cols)
+    if outputs_only:
+        return CrossbarSolution(out, None, None, None)  # type: ignore[arg-type]
+    wc = np.ascontiguousarray(np.transpose(u, (3, 1, 2, 0)))
+    del u
+    bc = np.ascontiguousarray(np.transpose(b, (3, 1, 0, 2)))
+    del b
+    g = system.g_shared
+    return CrossbarSolution(out, wc, bc, g * (wc - bc))
 
 
 def _solve_linear(system: CrossbarSystem, v: np.ndarray) -> CrossbarSolution:
@@ -661,6 +862,11 @@ def _newton_nodes(
     by less than 4x). Returns u, b, iterations and the last factorised system."""
     if lines.ideal:
         return None, None, 0, None
+    if _sweepable(lines):
+        try:
+            return _newton_sweep(lines, v, current, slope, tolerance, max_iterations)
+        except _SlowConvergence:
+            pass
     scale = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
     # First guess: linear devices with the slopes at the applied voltages' batch RMS per row.
     rms = np.sqrt(np.mean(v * v, axis=0))  # (t, rows)
@@ -689,6 +895,35 @@ def _newton_nodes(
             wc, bc = _cells(lines, v, u, b)
             system = CrossbarSystem(lines, np.mean(slope(wc - bc), axis=0))
         previous = moved
+    raise RuntimeError(
+        f"solve_crossbar: Newton's method did not converge in {max_iterations} iterations"
+    )
+
+
+def _newton_sweep(
+    lines: CrossbarLines,
+    v: np.ndarray,
+    current: DeviceFunction,
+    slope: DeviceFunction,
+    tolerance: float,
+    max_iterations: int,
+):
+    """Newton's method with each vector's own Jacobian, solved by Gauss-Seidel (`SweepSystem`),
+    from the ideal-line voltages; returns u, b (B, t, rows, cols) in V, iterations and the last
+    system. Raises `_SlowConvergence` when the devices are too strong for Gauss-Seidel."""
+    scale = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
+    u = np.repeat(v[..., None], lines.cols, axis=-1)
+    b = np.zeros_like(u)
+    for iteration in range(1, max_iterations + 1):
+        volts = u - b
+        res_u, res_b = _residual(lines, v, u, b, current(volts))
+        system = SweepSystem(lines, np.maximum(slope(volts), 0.0))
+        du, db = system.solve(-res_u, -res_b)
+        u += du
+        b += db
+        moved = max(float(np.max(np.abs(du))), float(np.max(np.abs(db))))
+        if moved <= tolerance * scale:
+            return u, b, iteration, system
     raise RuntimeError(
         f"solve_crossbar: Newton's method did not converge in {max_iterations} iterations"
     )
@@ -769,9 +1004,8 @@ class _LinearCrossbar(torch.autograd.Function):
     @staticmethod
     def forward(ctx, voltages, conductances, lines):  # type: ignore[override]
         v, g = _numpy(voltages), _numpy(conductances)
-        system = CrossbarSystem(lines, g)
-        solution = _solve_linear(system, v)
-        ctx.system = system
+        solution = _linear_solution(lines, g, v, cache=False)
+        ctx.lines, ctx.g = lines, g
         ctx.cells = solution.word_voltages - solution.bit_voltages
         power = np.abs(ctx.cells * solution.device_currents).sum(axis=(1, 2, 3))
         like = voltages
@@ -782,11 +1016,10 @@ class _LinearCrossbar(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
-        system: CrossbarSystem = ctx.system
-        lines, g = system.lines, system.g
+        lines, g = ctx.lines, ctx.g
         gy = _numpy(grad_out)
         h_u, h_b = _output_adjoint(lines, g[None], gy)
-        lam_u, lam_b = system.solve(h_u, h_b)
+        lam_u, lam_b = _solve_any(lines, g, h_u, h_b)
         diff = _adjoint_cells(lines, lam_u, lam_b, gy, ctx.cells.shape)
         grad_v = grad_g = None
         if ctx.needs_input_grad[1]:
@@ -843,6 +1076,8 @@ class _NonlinearCrossbar(torch.autograd.Function):
         h_u, h_b = _output_adjoint(lines, stamps, gy)
         if ctx.system is None:  # ideal lines
             lam_u = lam_b = None
+        elif isinstance(ctx.system, SweepSystem):
+            lam_u, lam_b = _solve_any(lines, stamps, h_u, h_b)
         else:
             lam_u, lam_b = _adjoint_solve(ctx.system, stamps, h_u, h_b, ctx.max_iterations)
         diff = _adjoint_cells(lines, lam_u, lam_b, gy, ctx.cells.shape)
@@ -857,6 +1092,22 @@ class _NonlinearCrossbar(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_v = torch.as_tensor(_voltage_adjoint(lines, lam_u, diff, stamps)).to(grad_out)
         return grad_v, grad_g, None, None, None, None
+
+
+def _solve_any(
+    lines: CrossbarLines, g: np.ndarray, r_u, r_b
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Node voltages for injections (r_u, r_b) with device stamps g in S, (t, rows, cols) or per
+    vector (B, t, rows, cols): Gauss-Seidel where it converges fast, else direct (per-vector
+    stamps: the direct solve of their mean, refined by `_adjoint_solve`)."""
+    if _sweepable(lines):
+        try:
+            return SweepSystem(lines, g).solve(r_u, r_b)
+        except _SlowConvergence:
+            pass
+    if g.ndim == 3:
+        return CrossbarSystem(lines, g).solve(r_u, r_b)
+    return _adjoint_solve(CrossbarSystem(lines, g.mean(axis=0)), g, r_u, r_b, 100)
 
 
 def _adjoint_solve(
