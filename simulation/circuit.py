@@ -841,7 +841,9 @@ def _solve_newton(
     max_iterations: int,
 ) -> CrossbarSolution:
     """Nonlinear devices on t arrays (conductances g0 (t, rows, cols) seed the first guess)."""
-    u, b, iterations, _ = _newton_nodes(lines, g0, v, current, slope, tolerance, max_iterations)
+    u, b, iterations, _, _ = _newton_nodes(
+        lines, g0, v, current, slope, tolerance, max_iterations
+    )
     wc, bc = _cells(lines, v, u, b)
     flow = current(wc - bc)
     out = _outputs(lines, b, flow)
@@ -856,15 +858,19 @@ def _newton_nodes(
     slope: DeviceFunction,
     tolerance: float,
     max_iterations: int,
+    both: Callable[[np.ndarray], tuple[Any, ...]] | None = None,
 ):
     """Node voltages (u, b) of nonlinear devices by Newton's method with a Jacobian shared by the
     batch (a chord method; refactorised at the batch's mean device voltages when a step shrinks
-    by less than 4x). Returns u, b, iterations and the last factorised system."""
+    by less than 4x). Returns u, b, iterations, the last factorised system and, from the
+    Gauss-Seidel path, what `both` returned at the last iterate (else None)."""
     if lines.ideal:
-        return None, None, 0, None
+        return None, None, 0, None, None
     if _sweepable(lines):
         try:
-            return _newton_sweep(lines, v, current, slope, tolerance, max_iterations)
+            if both is None:
+                both = lambda volts: (current(volts), slope(volts))  # noqa: E731
+            return _newton_sweep(lines, v, both, tolerance, max_iterations)
         except _SlowConvergence:
             pass
     scale = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
@@ -890,7 +896,7 @@ def _newton_nodes(
             float(np.max(np.abs(db))) if db is not None else 0.0,
         )
         if moved <= tolerance * scale:
-            return u, b, iteration, system
+            return u, b, iteration, system, None
         if moved > 0.25 * previous:
             wc, bc = _cells(lines, v, u, b)
             system = CrossbarSystem(lines, np.mean(slope(wc - bc), axis=0))
@@ -903,27 +909,30 @@ def _newton_nodes(
 def _newton_sweep(
     lines: CrossbarLines,
     v: np.ndarray,
-    current: DeviceFunction,
-    slope: DeviceFunction,
+    both: Callable[[np.ndarray], tuple[Any, ...]],
     tolerance: float,
     max_iterations: int,
 ):
     """Newton's method with each vector's own Jacobian, solved by Gauss-Seidel (`SweepSystem`),
-    from the ideal-line voltages; returns u, b (B, t, rows, cols) in V, iterations and the last
-    system. Raises `_SlowConvergence` when the devices are too strong for Gauss-Seidel."""
+    from the ideal-line voltages; `both` gives device currents (A) and slopes (S) of device
+    voltages (and may return more). Returns u, b (B, t, rows, cols) in V, iterations, the last
+    system and the last evaluation of `both` (one step, at most `tolerance`, before the solution).
+    Raises `_SlowConvergence` when the devices are too strong for Gauss-Seidel."""
     scale = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
     u = np.repeat(v[..., None], lines.cols, axis=-1)
     b = np.zeros_like(u)
     for iteration in range(1, max_iterations + 1):
         volts = u - b
-        res_u, res_b = _residual(lines, v, u, b, current(volts))
-        system = SweepSystem(lines, np.maximum(slope(volts), 0.0))
+        evaluation = both(volts)
+        flow, stamps = evaluation[:2]
+        res_u, res_b = _residual(lines, v, u, b, flow)
+        system = SweepSystem(lines, np.maximum(stamps, 0.0))
         du, db = system.solve(-res_u, -res_b)
         u += du
         b += db
         moved = max(float(np.max(np.abs(du))), float(np.max(np.abs(db))))
         if moved <= tolerance * scale:
-            return u, b, iteration, system
+            return u, b, iteration, system, evaluation
     raise RuntimeError(
         f"solve_crossbar: Newton's method did not converge in {max_iterations} iterations"
     )
@@ -1029,6 +1038,19 @@ class _LinearCrossbar(torch.autograd.Function):
         return grad_v, grad_g, None
 
 
+def _value_and_slope(
+    current: TorchDeviceFunction, volts: np.ndarray, g: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Device currents I (A) and slopes dI/dV (S) at device voltages volts (numpy, V) from one
+    forward and one backward pass, and the current tensor (its graph reaches g when g requires
+    a gradient, for the conductance gradient of the backward pass)."""
+    x = torch.from_numpy(np.array(volts, dtype=float)).requires_grad_(True)
+    with torch.enable_grad():
+        flow = current(x, g)
+        (grad,) = torch.autograd.grad(flow.sum(), x, retain_graph=g.requires_grad)
+    return flow.detach().numpy(), grad.numpy(), flow
+
+
 def _numpy_device_functions(
     current: TorchDeviceFunction, g: torch.Tensor
 ) -> tuple[DeviceFunction, DeviceFunction]:
@@ -1053,15 +1075,22 @@ class _NonlinearCrossbar(torch.autograd.Function):
         v = _numpy(voltages)
         g = conductances.detach().to(dtype=torch.float64)
         value, slope = _numpy_device_functions(current, g)
-        u, b, _, system = _newton_nodes(
-            lines, g.numpy(), v, value, slope, tolerance, max_iterations
-        )
+        # Newton keeps each evaluation's graph to the conductances: the last one (one step of at
+        # most the tolerance before the solution) serves the backward pass.
+        g_leaf = g.clone().requires_grad_(ctx.needs_input_grad[1])
+        u, b, _, system, last = _newton_nodes(
+            lines, g.numpy(), v, value, slope, tolerance, max_iterations,
+            lambda volts: _value_and_slope(current, volts, g_leaf),
+        )  # fmt: skip
         wc, bc = _cells(lines, v, u, b)
         cells = wc - bc
-        flow = value(cells)
+        if last is None:  # ideal lines or the direct path: evaluate at the solution
+            last = _value_and_slope(current, cells, g_leaf)
+        flow, stamps, graph = last
         out = _outputs(lines, b, flow)
         ctx.lines, ctx.system, ctx.cells, ctx.g = lines, system, cells, g
-        ctx.current, ctx.slope, ctx.max_iterations = current, slope, max_iterations
+        ctx.stamps, ctx.graph, ctx.g_leaf = stamps, graph, g_leaf
+        ctx.max_iterations = max_iterations
         power = np.abs(cells * flow).sum(axis=(1, 2, 3))
         out_t = torch.as_tensor(out).to(voltages)
         power_t = torch.as_tensor(power).to(voltages)
@@ -1072,7 +1101,7 @@ class _NonlinearCrossbar(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
         lines: CrossbarLines = ctx.lines
         gy = _numpy(grad_out)
-        stamps = ctx.slope(ctx.cells)
+        stamps = ctx.stamps
         h_u, h_b = _output_adjoint(lines, stamps, gy)
         if ctx.system is None:  # ideal lines
             lam_u = lam_b = None
@@ -1083,11 +1112,8 @@ class _NonlinearCrossbar(torch.autograd.Function):
         diff = _adjoint_cells(lines, lam_u, lam_b, gy, ctx.cells.shape)
         grad_v = grad_g = None
         if ctx.needs_input_grad[1]:
-            g = ctx.g.clone().requires_grad_(True)
-            with torch.enable_grad():
-                flow = ctx.current(torch.from_numpy(ctx.cells), g)
-                weights = torch.from_numpy(-np.ascontiguousarray(diff))
-                (grad,) = torch.autograd.grad(flow, g, weights)
+            weights = torch.from_numpy(-np.ascontiguousarray(diff))
+            (grad,) = torch.autograd.grad(ctx.graph, ctx.g_leaf, weights, retain_graph=True)
             grad_g = grad.to(grad_out)
         if ctx.needs_input_grad[0]:
             grad_v = torch.as_tensor(_voltage_adjoint(lines, lam_u, diff, stamps)).to(grad_out)
