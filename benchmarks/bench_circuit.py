@@ -3,11 +3,15 @@ with line resistance against the same step without, and peak memory of a 512 x 5
 
 Same inputs for both solvers: conductances uniform in the high-R SiOx window (5.25e-7 ..
 2.62e-6 S) or the low-R one (6.9e-4 .. 3.45e-3 S), voltages uniform in [0, 0.5] V, r_word = 0.35
-Ohm, r_bit = 0.32 Ohm. "cold" includes the factorisation, "warm" reuses it (same conductances,
-new vectors). badcrossbar (MIT, test/benchmark-only dependency) is skipped if not installed or
-when its estimated time exceeds --badcrossbar-limit.
+Ohm, r_bit = 0.32 Ohm. "cold" includes building the solver (Gauss-Seidel line factors, or the
+direct factorisation where devices are too strong for Gauss-Seidel), "warm" reuses it from
+`FACTOR_CACHE` (same conductances, new vectors). badcrossbar (MIT, test/benchmark-only
+dependency) is skipped if not installed or when its estimated time exceeds --badcrossbar-limit.
+Issue 7's targets: >= 20x badcrossbar from 128 x 128 (high-R), a training step with line
+resistance within 20x of the step without, peak RSS of the 512 x 512 solve under 2 GiB.
 
-Run: python -m benchmarks.bench_circuit [--sizes 64 128 256 512] [--steps 10]
+Run: python -m benchmarks.bench_circuit [--sizes 64 128 256 512] [--windows high-R low-R]
+[--steps 10] [--skip solver training memory]
 """
 
 from __future__ import annotations

@@ -21,6 +21,12 @@ lines grounded, linear devices); `solve_lines` is the general solver: floating l
 resistance, linear devices (one factorisation per pattern of floating lines, reused for every
 configuration with that pattern) or nonlinear devices (Newton's method, the device current and its
 derivative supplied as callables).
+
+Methods: with resistance on both line types (the usual case) `SweepSystem` solves by block
+Gauss-Seidel, exact tridiagonal solves of all word lines given the bit lines and vice versa, which
+converges in a few sweeps for devices weak relative to the lines (high-R arrays); otherwise, or
+when it would need many sweeps, the direct block factorisation `CrossbarSystem` (rows * cols^3).
+`solve_lines` still uses its own scipy-sparse network (floating lines).
 """
 
 from __future__ import annotations
@@ -726,15 +732,19 @@ def solve_crossbar(
     conductances (rows, cols) in S (>= 0), r_word and r_bit the resistance of one line segment in
     Ohm (>= 0; scalars or per segment (rows, cols), see `CrossbarLines`), r_driver (rows,) and
     r_sense (cols,) optional series resistances at the drivers and at the (virtual-ground) sense
-    inputs. With no resistance anywhere this is exactly voltages @ conductances. Otherwise the
-    nodal system is factorised once (`CrossbarSystem`, float64) and reused for the whole batch and,
-    through `FACTOR_CACHE` (cache=True), for later calls with the same conductances.
+    inputs. With no resistance anywhere this is exactly voltages @ conductances. With resistance
+    on both line types the nodal system is solved in float64 by block Gauss-Seidel over word and
+    bit lines (`SweepSystem`, O(rows cols) per sweep and vector) to about 1e-13 relative; devices
+    too strong for it (it would need many sweeps) and the other line types go to the direct
+    block factorisation (`CrossbarSystem`). Either is built once for the whole batch and, through
+    `FACTOR_CACHE` (cache=True), reused by later calls with the same conductances.
 
     Nonlinear devices: give `current` and `slope` (`DeviceFunction`s of device voltages
     (batch, rows, cols); conductances then only seed Newton's method, e.g. the devices' chord
-    conductances). Newton's method reuses one factorisation for the whole batch (slopes at the
-    batch's mean device voltages), refactorising when convergence slows, and stops when no node
-    moves more than `tolerance` times the largest |applied voltage|.
+    conductances). Newton's method uses each vector's own Jacobian on the Gauss-Seidel path (on
+    the direct path one factorisation for the whole batch, at the batch's mean device voltages,
+    refactorised when convergence slows) and stops when no node moves more than `tolerance` times
+    the largest |applied voltage|.
 
     full=True returns a `CrossbarSolution` with node voltages and device currents as well.
     """
@@ -841,9 +851,7 @@ def _solve_newton(
     max_iterations: int,
 ) -> CrossbarSolution:
     """Nonlinear devices on t arrays (conductances g0 (t, rows, cols) seed the first guess)."""
-    u, b, iterations, _, _ = _newton_nodes(
-        lines, g0, v, current, slope, tolerance, max_iterations
-    )
+    u, b, iterations, _, _ = _newton_nodes(lines, g0, v, current, slope, tolerance, max_iterations)
     wc, bc = _cells(lines, v, u, b)
     flow = current(wc - bc)
     out = _outputs(lines, b, flow)
