@@ -292,6 +292,13 @@ class _Devices:
         x = self.beta * np.sqrt(np.abs(volts))
         return self.c * np.exp(x) * (1.0 + 0.5 * x)
 
+    def block_current(self, rows: np.ndarray, cols: np.ndarray, volts: float) -> np.ndarray:
+        """Currents (len(rows), len(cols)) in A of the devices at rows x cols, all at `volts`."""
+        cells = np.ix_(rows, cols)
+        if self.linear:
+            return volts * self.c[cells]
+        return volts * self.c[cells] * np.exp(self.beta[cells] * math.sqrt(abs(volts)))
+
 
 class SimulatedChip:
     """A seeded memristor crossbar (see the module docstring for its physics).
@@ -340,8 +347,7 @@ class SimulatedChip:
         )
         self._g_programmed = g.astype(float)
         self._t_programmed = np.zeros(shape)
-        self._version = 0
-        self._cache: tuple[tuple[float, int], np.ndarray, _Devices] | None = None
+        self._cache: tuple[int, np.ndarray, _Devices] | None = None
         if isinstance(p.current_model, PooleFrenkel):
             model = p.current_model
             (a1, a2), (b1, b2) = model.slope, model.intercept
@@ -350,7 +356,8 @@ class SimulatedChip:
             self._pf: tuple[float, ...] | None = (a1, a2, b1, b2, s1, s2, rho)
         else:
             self._pf = None
-        self._read_limit = float(min(self.v_set.min(), self.v_reset.min()))
+        self._lowest_thresholds = (float(self.v_set.min()), float(self.v_reset.min()))
+        self._read_limit = min(self._lowest_thresholds)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -365,6 +372,17 @@ class SimulatedChip:
         """The state variable G (rows, cols) in S of every device now (after relaxation)."""
         with self.lock:
             return self._now()[0].copy()
+
+    def set_state(self, g: np.ndarray) -> None:
+        """Put every device (stuck ones included) at state G (rows, cols) in S now, as if just
+        programmed: a shortcut for tests and teaching; real chips need write-verify."""
+        g = np.asarray(g, dtype=float)
+        if g.shape != self.shape or not np.all(np.isfinite(g) & (g > 0)):
+            raise ValueError(f"set_state: expected finite positive G of shape {self.shape}")
+        with self.lock:
+            self._g_programmed = g.copy()
+            self._t_programmed = np.full(self.shape, self.time)
+            self._cache = None
 
     def poole_frenkel_parameters(self) -> tuple[np.ndarray, np.ndarray]:
         """Each device's Poole-Frenkel c (S) and d_epsilon (F) now, (rows, cols) each."""
@@ -416,17 +434,16 @@ class SimulatedChip:
         with self.lock:
             devices = self._now()[1]
             if self._all_driven(words, bits):
-                volts = words[:, None] - bits[None, :]
-                flow = devices.current(volts)
-                word_out, bit_out = flow.sum(axis=1), -flow.sum(axis=0)
+                word_out, bit_out, cells, volts = self._driven_blocks(words, bits, devices)
             else:
                 solution = self._solve(words[None], bits[None], devices, True)
-                volts = solution.device_voltages[0]
+                volts = solution.device_voltages[0].ravel()
+                cells = np.arange(volts.size)
                 word_out, bit_out = solution.word_currents[0], solution.bit_currents[0]
             word_out = self._noisy(word_out, ~np.isnan(words), 1)
             bit_out = self._noisy(bit_out, ~np.isnan(bits), 1)
             if duration > 0:
-                self._switch(volts, float(duration))
+                self._switch(cells, volts, float(duration))
                 self.time += float(duration)
             return word_out, bit_out
 
@@ -507,38 +524,55 @@ class SimulatedChip:
             p.r_word == 0 and p.r_bit == 0 and not (np.isnan(words).any() or np.isnan(bits).any())
         )
 
-    def _log_parameters(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """ln c and ln d_epsilon per device at state G (the preset's regression on R = 1/G)."""
+    def _log_parameters(
+        self, g: np.ndarray, normals: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """ln c and ln d_epsilon per device at state G (the preset's regression on R = 1/G), with
+        the devices' residual normals (2, *g.shape) (default: every device's)."""
         a1, a2, b1, b2, s1, s2, rho = self._pf  # type: ignore[misc]
         log_r = -np.log(g)
-        z1, z2 = self._normals
+        z1, z2 = self._normals if normals is None else normals
         log_c = a1 * log_r + b1 + s1 * z1
         log_d = a2 * log_r + b2 + s2 * rho * z1 + s2 * math.sqrt(1.0 - rho * rho) * z2
         return log_c, log_d
 
     def _now(self) -> tuple[np.ndarray, _Devices]:
-        """(G, device I-V) at the current time, cached until the state changes or time moves on
-        by RELAXATION_STEP."""
+        """(G, device I-V) at the current time, cached until time moves on by RELAXATION_STEP;
+        `_switch` updates the cache in place for the devices it changes."""
         # Relaxation is slow (log time): the state is re-evaluated every RELAXATION_STEP s of
         # simulated time, not at every reading.
-        key = (math.floor(self.time / RELAXATION_STEP), self._version)
+        key = math.floor(self.time / RELAXATION_STEP)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1], self._cache[2]
-        p = self.parameters
-        g = self._g_programmed
-        if p.relaxation_rate > 0:
-            age = np.maximum(self.time - self._t_programmed, 0.0)
-            keep = np.maximum(0.0, 1.0 - p.relaxation_rate * np.log1p(age / p.relaxation_time))
-            relaxed = self.g_rest + (g - self.g_rest) * keep
-            g = np.where(self.stuck, g, relaxed)
-        if self._pf is None:
-            devices = _Devices(g, np.zeros_like(g))
-        else:
-            log_c, log_d = self._log_parameters(g)
-            beta = poole_frenkel_exponent_coefficient(np.exp(log_d), p.temperature)
-            devices = _Devices(np.exp(log_c), np.asarray(beta))
+        g = self._relaxed()
+        c, beta = self._device_parameters(g, self._normals)
+        devices = _Devices(c, beta)
         self._cache = (key, g, devices)
         return g, devices
+
+    def _relaxed(self, cells: np.ndarray | None = None) -> np.ndarray:
+        """States G (S) now: of every device (rows, cols), or of the flat cell indices `cells`."""
+
+        def pick(array: np.ndarray) -> np.ndarray:
+            return array if cells is None else array.ravel()[cells]
+
+        g = np.array(pick(self._g_programmed), dtype=float)
+        p = self.parameters
+        if p.relaxation_rate == 0:
+            return g
+        age = np.maximum(self.time - pick(self._t_programmed), 0.0)
+        keep = np.maximum(0.0, 1.0 - p.relaxation_rate * np.log1p(age / p.relaxation_time))
+        rest = pick(self.g_rest)
+        return np.where(pick(self.stuck), g, rest + (g - rest) * keep)
+
+    def _device_parameters(self, g: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Poole-Frenkel c (S) and beta (V^-1/2) of devices at states g (Ohmic: c = g, beta =
+        0), with their residual normals (2, *g.shape)."""
+        if self._pf is None:
+            return g, np.zeros_like(g)
+        log_c, log_d = self._log_parameters(g, normals)
+        beta = poole_frenkel_exponent_coefficient(np.exp(log_d), self.parameters.temperature)
+        return np.exp(log_c), np.asarray(beta)
 
     def _solve(self, words: np.ndarray, bits: np.ndarray, devices: _Devices, voltages: bool):
         p = self.parameters
@@ -614,28 +648,76 @@ class SimulatedChip:
         noisy = currents + std * self._noise.standard_normal(currents.shape)
         return np.where(measured, noisy, 0.0)
 
-    def _switch(self, volts: np.ndarray, duration: float) -> None:
-        """Pulse physics: devices beyond their thresholds move toward G_on (SET) or G_off."""
+    def _driven_blocks(
+        self, words: np.ndarray, bits: np.ndarray, devices: _Devices
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One fully driven configuration with ideal lines: terminal currents word (rows,) and
+        bit (cols,) in A, and the flat indices and voltages (V) of the devices that could switch.
+
+        Devices are grouped by (word level, bit level): a group at 0 V carries no current and
+        is skipped, so a bias-scheme pulse touches one row and the selected columns, not the
+        whole array."""
+        rows, cols = self.shape
+        levels_w, index_w = np.unique(words, return_inverse=True)
+        levels_b, index_b = np.unique(bits, return_inverse=True)
+        if len(levels_w) * len(levels_b) > _MAX_LEVEL_PAIRS:
+            volts = words[:, None] - bits[None, :]
+            flow = devices.current(volts)
+            return flow.sum(axis=1), -flow.sum(axis=0), np.arange(volts.size), volts.ravel()
+        word_out, bit_out = np.zeros(rows), np.zeros(cols)
+        lowest_set, lowest_reset = self._lowest_thresholds
+        cells, volts = [], []
+        bit_groups = [np.flatnonzero(index_b == b) for b in range(len(levels_b))]
+        for a, level_w in enumerate(levels_w):
+            group_rows = np.flatnonzero(index_w == a)
+            for level_b, group_cols in zip(levels_b, bit_groups, strict=True):
+                volt = float(level_w - level_b)
+                if volt == 0.0:
+                    continue
+                flow = devices.block_current(group_rows, group_cols, volt)
+                word_out[group_rows] += flow.sum(axis=1)
+                bit_out[group_cols] -= flow.sum(axis=0)
+                if volt > lowest_set or -volt > lowest_reset:
+                    flat = (group_rows[:, None] * cols + group_cols[None, :]).ravel()
+                    cells.append(flat)
+                    volts.append(np.full(flat.size, volt))
+        if not cells:
+            return word_out, bit_out, np.zeros(0, dtype=int), np.zeros(0)
+        cells_all, volts_all = np.concatenate(cells), np.concatenate(volts)
+        order = np.argsort(cells_all, kind="stable")  # row-major, as the whole-array path
+        return word_out, bit_out, cells_all[order], volts_all[order]
+
+    def _switch(self, cells: np.ndarray, volts: np.ndarray, duration: float) -> None:
+        """Pulse physics for devices at flat indices `cells` (row-major, increasing) seeing
+        `volts` (V): beyond their thresholds they move toward G_on (SET) or G_off (RESET)."""
         p = self.parameters
-        set_mask = (volts > self.v_set) & ~self.stuck
-        reset_mask = (volts < -self.v_reset) & ~self.stuck
+        free = ~self.stuck.ravel()[cells]
+        v_set, v_reset = self.v_set.ravel()[cells], self.v_reset.ravel()[cells]
+        set_mask = (volts > v_set) & free
+        reset_mask = (volts < -v_reset) & free
         if not (set_mask.any() or reset_mask.any()):
             return
-        g = self._now()[0]
+        g_now, devices = self._now()
+        g = g_now.ravel()[cells]
         new = g.copy()
         width = (duration / p.reference_width) ** p.width_exponent
         sigma = p.c2c_sigma
         for mask, overdrive, rate, target in (
-            (set_mask, volts - self.v_set, p.set_rate, self.g_on),
-            (reset_mask, -volts - self.v_reset, p.reset_rate, self.g_off),
+            (set_mask, volts - v_set, p.set_rate, self.g_on),
+            (reset_mask, -volts - v_reset, p.reset_rate, self.g_off),
         ):
             count = int(mask.sum())
             if not count:
                 continue
             spread = np.exp(sigma * self._noise.standard_normal(count) - 0.5 * sigma * sigma)
             step = np.minimum(1.0, rate * overdrive[mask] * width * spread)
-            new[mask] = g[mask] + step * (target[mask] - g[mask])
-        changed = set_mask | reset_mask
-        self._g_programmed = np.where(changed, new, self._g_programmed)
-        self._t_programmed = np.where(changed, self.time + duration, self._t_programmed)
-        self._version += 1
+            new[mask] = g[mask] + step * (target.ravel()[cells[mask]] - g[mask])
+        changed = cells[set_mask | reset_mask]
+        np.put(self._g_programmed, changed, new[set_mask | reset_mask])
+        np.put(self._t_programmed, changed, self.time + duration)
+        # The cached state: the changed devices are at their programmed values now.
+        fresh = self._relaxed(changed)
+        c, beta = self._device_parameters(fresh, self._normals.reshape(2, -1)[:, changed])
+        np.put(g_now, changed, fresh)
+        np.put(devices.c, changed, c)
+        np.put(devices.beta, changed, beta)

@@ -310,3 +310,44 @@ def test_isolated_reads_equal_full_array_reads_with_ideal_lines():
     )
     lined = SimulatedChip.from_config({"rows": 3, "cols": 3, "r_word": 1.0}, "chip")
     assert lined.read_isolated(np.array([0]), np.array([0]), 0.1) is None
+
+
+def test_block_drive_equals_whole_array_drive_and_keeps_the_cache_exact(monkeypatch) -> None:
+    """Pulses touch only the devices whose voltage is non-zero; the result (currents, switching,
+    random draws) equals evaluating the whole array, and the incrementally updated state cache
+    equals a fresh evaluation."""
+    import instruments.chip as chip_module
+
+    overrides = {"rows": 12, "cols": 9, "seed": 5, "initial_state": "random", "v_set": 0.7}
+    blocks, whole = make_chip(**overrides), make_chip(**overrides)
+    pulses = [(3, [1, 4], 1.6), (0, [8], -1.5), (3, [2], 1.2), (11, [0, 1, 2], 1.7)]
+    for row, cols, amplitude in pulses:
+        words, bits = np.full(12, amplitude / 2), np.full(9, amplitude / 2)
+        words[row], bits[cols] = amplitude, 0.0
+        got = blocks.drive(words, bits, 1e-5)
+        monkeypatch.setattr(chip_module, "_MAX_LEVEL_PAIRS", 0)  # whole-array path
+        expected = whole.drive(words, bits, 1e-5)
+        monkeypatch.undo()
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-20)
+    np.testing.assert_array_equal(blocks.state(), whole.state())
+    # A/2 = 0.8-0.85 V > v_set: half-selected devices switched too, on both paths.
+    assert np.sum(blocks.state() != make_chip(**overrides).state()) > 8
+    # The cache is re-evaluated every RELAXATION_STEP; within one, the pulsed devices were
+    # updated at their programming time (40 us ago: relaxation 0.005 ln(1 + 4e-5) ~ 2e-7).
+    g, devices = blocks._now()
+    blocks._cache = None
+    fresh_g, fresh = blocks._now()
+    np.testing.assert_allclose(g, fresh_g, rtol=1e-6)
+    np.testing.assert_allclose(devices.c, fresh.c, rtol=1e-6)
+    np.testing.assert_allclose(devices.beta, fresh.beta, rtol=1e-6)
+    assert not np.allclose(g, make_chip(**overrides).state(), rtol=1e-3)
+
+
+def test_set_state_puts_every_device_at_the_given_conductance() -> None:
+    chip = make_chip(**QUIET, device="siox-high-r")
+    target = np.linspace(6e-7, 2.5e-6, 64).reshape(8, 8)
+    chip.set_state(target)
+    np.testing.assert_array_equal(chip.state(), target)
+    with pytest.raises(ValueError, match="set_state"):
+        chip.set_state(np.zeros((8, 8)))

@@ -229,8 +229,7 @@ def test_identity_capabilities_record(xbar: SmuMuxCrossbar) -> None:
 
 
 def test_equipotential_reads_are_each_cell_alone(rig: Rig, xbar: SmuMuxCrossbar) -> None:
-    rig.chip._g_programmed[:] = np.linspace(5e-7, 2.6e-6, 15).reshape(3, 5)  # distinct cells
-    rig.chip._version += 1
+    rig.chip.set_state(np.linspace(5e-7, 2.6e-6, 15).reshape(3, 5))  # distinct cells
     truth = rig.chip.conductances(0.1)
     np.testing.assert_allclose(xbar.read_all(), truth, rtol=1e-3)
     np.testing.assert_allclose(xbar.read_row(2), truth[2], rtol=1e-3)
