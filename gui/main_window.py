@@ -44,6 +44,7 @@ from gui.worker import (
     JobError,
     ReadAllJob,
     RunJob,
+    warm_up_imports,
 )
 from instruments import open_crossbar
 from simulation.config import ConfigError
@@ -67,6 +68,7 @@ class MainWindow(QMainWindow):
         data: Any = None,
     ) -> None:
         super().__init__()
+        warm_up_imports()
         self.setWindowTitle("xbarlab")
         self.state = RunState()
         self.data = data

@@ -500,8 +500,10 @@ class MappingErrorPanel(QWidget):
         self.values = {"live": live, "readback": evaluation}
         tolerance = float(deployment.write_verify.get("relative_tolerance", 0.02))
         self.errors = relative_errors(deployment)
-        span = 100 * max(3 * tolerance, float(np.percentile(np.abs(self.errors), 99)) * 1.1)
-        span = min(span, 100.0) if self.errors.size else 100 * 3 * tolerance
+        span = 100 * 3 * tolerance  # before any cell has an error to show
+        if self.errors.size:
+            worst = float(np.percentile(np.abs(self.errors), 99))
+            span = min(100.0, max(span, 110 * worst))
         counts, edges = np.histogram(100 * self.errors, bins=61, range=(-span, span))
         if span != self.span:
             self.span = span

@@ -34,6 +34,7 @@ from instruments.crossbar import Crossbar
 from instruments.limits import LimitError
 from simulation.config import ConfigError
 from xbarlab.pipeline import STAGES, Cancelled, Event, Pipeline, PipelineConfig, PipelineError
+from xbarlab.run_control import PauseGate
 from xbarlab.store import SessionError, SessionStore
 
 CrossbarFactory = Callable[[Any], Crossbar]
@@ -42,6 +43,20 @@ WORKER_NICE = 5
 """How much lower the worker thread's CPU priority is than the GUI thread's (Unix nice)."""
 
 _job_ids = itertools.count(1)
+
+
+def warm_up_imports() -> None:
+    """Import what the pipeline would otherwise import lazily on the worker thread, before the
+    window is shown: loading an extension module holds the GIL for its whole initialisation
+    (scikit-learn's digits loader, torch's optimiser machinery and the sympy it pulls in stall
+    the event loop 0.2-1.4 s at a run's first epoch otherwise); the digits dataset is parsed
+    once per process (0.2 s in numpy's text reader, which also holds the GIL)."""
+    import torch
+
+    from training.datasets import load_dataset
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # imports torch._dynamo and sympy
+    load_dataset("digits")  # imports scikit-learn; cached for the runs
 
 
 @dataclass
@@ -164,7 +179,7 @@ class HardwareWorker(QObject):
         self.crossbar: Crossbar | None = None
         self.crossbar_config: Any = None
         self._generation = 0
-        self._paused = False
+        self._pause = PauseGate()
         self._pending = 0
         self._lock = threading.Lock()
         self._sent_targets: set[str] = set()
@@ -195,17 +210,17 @@ class HardwareWorker(QObject):
         """Stop the running job at its next check and drop the queued ones."""
         with self._lock:
             self._generation += 1
-            self._paused = False
+        self._pause.resume()
 
     def pause(self) -> None:
-        self._paused = True
+        self._pause.pause()
 
     def resume(self) -> None:
-        self._paused = False
+        self._pause.resume()
 
     @property
     def is_paused(self) -> bool:
-        return self._paused
+        return self._pause.paused
 
     def shutdown(self, timeout_s: float = 30.0) -> bool:
         """Abort, close the crossbar (outputs off) on the worker thread, stop the thread.
@@ -273,15 +288,11 @@ class HardwareWorker(QObject):
 
     def _should_stop(self, job: Job) -> Callable[[], bool]:
         def should_stop() -> bool:
-            if job.generation != self._generation:
-                return True
-            if self._paused:
-                self._outputs_off()
-                self.paused.emit(True)
-                while self._paused and job.generation == self._generation:
-                    time.sleep(0.02)
-                self.paused.emit(False)
-            return job.generation != self._generation
+            def aborted() -> bool:
+                return job.generation != self._generation
+
+            self._pause.hold(self._outputs_off, self.paused.emit, released=aborted)
+            return aborted()
 
         return should_stop
 

@@ -32,6 +32,7 @@ only allows the globals needed to rebuild numpy arrays, so a foreign pickle cann
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.client
@@ -296,7 +297,8 @@ def load_dataset(
     limit_test = _check_limit("limit_test", limit_test)
 
     if key == "digits":
-        x_pool, y_pool, x_test, y_test, scale, source = _load_digits()
+        *arrays, scale, source = _load_digits()
+        x_pool, y_pool, x_test, y_test = (array.copy() for array in arrays)
     else:
         folder, source_path = _locate(key, data_dir, cache_dir, download)
         if key == "cifar10":
@@ -551,7 +553,9 @@ def _md5(path: Path) -> str:
 # --- parsing -----------------------------------------------------------------------------------
 
 
+@functools.cache
 def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, str]:
+    """scikit-learn's digits, split once per process (callers get copies: `load_dataset`)."""
     import sklearn
     from sklearn.datasets import load_digits
     from sklearn.model_selection import StratifiedShuffleSplit
@@ -568,14 +572,8 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int,
         f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__}); test: stratified "
         f"{DIGITS_TEST_FRACTION:.0%} holdout, seed {DIGITS_TEST_SEED}"
     )
-    return (
-        images[pool_index],
-        labels[pool_index],
-        images[test_index],
-        labels[test_index],
-        16,
-        source,
-    )
+    arrays = (images[pool_index], labels[pool_index], images[test_index], labels[test_index])
+    return (*arrays, 16, source)
 
 
 def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:

@@ -1,12 +1,14 @@
 """The pipeline commands of `xbarlab`: demo, characterize, train --session, program, read,
 evaluate, emulate, gui. Each stage command reads its inputs from the session file; the pipeline
 config is the one stored in the session (or --config). Ctrl-C asks the pipeline to stop at the
-next safe point (outputs off, session consistent); a second Ctrl-C interrupts at once."""
+next safe point (outputs off, session consistent); a second Ctrl-C interrupts at once. Ctrl-Z
+pauses at the next safe point with the outputs off and suspends the process; `fg` resumes."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import signal
 import sys
 import time
@@ -19,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xbarlab.config import config_directory, read_toml
+from xbarlab.run_control import PauseGate
 from xbarlab.tables import print_table
 
 DEMO_CONFIG = config_directory() / "pipelines" / "demo.toml"
@@ -183,7 +186,16 @@ def pipeline_config(args: argparse.Namespace, store: Any | None = None) -> Any:
         source["deploy"] = {"tile_rows": 128, "tile_cols": 64}
         # on-chip multiplies of the whole 10k test set on an 832x384 simulated array are slow
         source["evaluate"] = {**source.get("evaluate", {}), "on_chip_limit": 1000}
+        # 60k images per epoch: fewer epochs than the digits demo keep it to minutes
+        if not getattr(args, "epochs", None):
+            training["epochs"] = MNIST_DEMO_EPOCHS
+        source["fine_tune"] = {**source.get("fine_tune", {}), "epochs": MNIST_FINE_TUNE_EPOCHS}
     return PipelineConfig.from_config(source, where)
+
+
+MNIST_DEMO_EPOCHS = 10
+"""`xbarlab demo --dataset mnist|fashion-mnist` trains this many epochs unless --epochs says."""
+MNIST_FINE_TUNE_EPOCHS = 2
 
 
 def _mnist_instrument(backend: str) -> dict[str, Any]:
@@ -200,17 +212,37 @@ def _mnist_instrument(backend: str) -> dict[str, Any]:
 
 
 class StopFlag:
-    """First Ctrl-C: ask the pipeline to stop at the next safe point; second: interrupt."""
+    """The CLI's run control. Ctrl-C: stop at the next safe point (again: interrupt now). Ctrl-Z:
+    pause at the next safe point with the outputs off, then suspend the process (`fg` resumes)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.gate = PauseGate()
+        self.crossbar: Any = None
+        """Set once the instrument is open: a pause turns its outputs off."""
 
     def __call__(self) -> bool:
+        self.gate.hold(self._outputs_off, self._report, lambda: self.requested, self._suspend)
         return self.requested
+
+    def _outputs_off(self) -> None:
+        if self.crossbar is not None and not self.crossbar.closed:
+            self.crossbar.outputs_off()
+
+    @staticmethod
+    def _report(paused: bool) -> None:
+        message = (
+            "paused at a safe point, outputs off (suspended: `fg` resumes)" if paused else "resumed"
+        )
+        print(f"\nxbarlab: {message}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _suspend() -> None:
+        os.kill(os.getpid(), signal.SIGSTOP)  # returns when the shell sends SIGCONT
 
     @contextmanager
     def installed(self) -> Iterator[StopFlag]:
-        def handler(signum: int, frame: Any) -> None:
+        def interrupt(signum: int, frame: Any) -> None:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
@@ -219,11 +251,19 @@ class StopFlag:
                 file=sys.stderr,
             )
 
-        previous = signal.signal(signal.SIGINT, handler)
+        def pause(signum: int, frame: Any) -> None:
+            self.gate.pause()
+            print("\nxbarlab: pausing at the next safe point (outputs off)", file=sys.stderr)
+
+        previous = signal.signal(signal.SIGINT, interrupt)
+        has_pause = hasattr(signal, "SIGTSTP")  # not on Windows
+        previous_pause = signal.signal(signal.SIGTSTP, pause) if has_pause else None
         try:
             yield self
         finally:
             signal.signal(signal.SIGINT, previous)
+            if has_pause:
+                signal.signal(signal.SIGTSTP, previous_pause)
 
 
 class ProgressPrinter:
@@ -300,6 +340,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     stop = StopFlag()
     try:
         with stop.installed(), store, open_crossbar(config.instrument) as crossbar:
+            stop.crossbar = crossbar
             pipeline = Pipeline(config, store, crossbar, on_event=printer, should_stop=stop)
             summary = pipeline.run(stages)
             printer._close()

@@ -107,10 +107,32 @@ def test_ctrl_c_stops_programming_cleanly_and_the_run_resumes(tmp_path):
                     break
         except Exception:  # mid-flush: look again
             continue
+    # Ctrl-Z: outputs off at the next safe point, then the process suspends itself.
+    os.kill(process.pid, signal.SIGTSTP)
+    assert _wait_for_state(process.pid, "T"), "the run did not suspend after SIGTSTP"
+    with SessionStore.open(session) as viewer:
+        assert viewer.status("deployments/main/program") == "in_progress"
+    os.kill(process.pid, signal.SIGCONT)  # `fg`
+    assert _wait_for_state(process.pid, "RSD"), "the run did not continue after SIGCONT"
     os.kill(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-1000:]
+    assert "paused at a safe point, outputs off" in stderr and "resumed" in stderr
     assert "outputs are off" in stdout and "consistent" in stdout
     with SessionStore.open(session, writable=True) as store:
         assert store.status("deployments/main/program") == "in_progress"
         assert store.events()[-1]["event"] == "stage_stopped"
+
+
+def _wait_for_state(pid: int, states: str, timeout_s: float = 60.0) -> bool:
+    """Wait until /proc says process pid is in one of `states` (R, S, D, T, ...)."""
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] in states:
+            return True
+        time.sleep(0.05)
+    return False
