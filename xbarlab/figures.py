@@ -62,7 +62,8 @@ def error_histogram(target: np.ndarray, achieved: np.ndarray, tolerance: float, 
         axis.axvline(sign * tolerance * 100, color="#c0392b", linestyle="--", linewidth=1)
     inside = float(np.mean(np.abs(relative) <= tolerance)) if relative.size else float("nan")
     axis.set_title(
-        f"relative mapping error, {relative.size} cells; {inside:.1%} within ±{tolerance:.0%}"
+        f"relative mapping error, all {relative.size} cells (stuck included); {inside:.1%} "
+        f"within ±{tolerance:.0%}"
     )
     axis.set_xlabel("(G - G_target) / G_target (%), clipped to ±50 %")
     axis.set_ylabel("cells")

@@ -436,7 +436,8 @@ def print_summary(summary: dict[str, Any], stage_times: dict[str, float], wall: 
                 *(f"{100 * m['accuracy_drop_software_to_chip']:.2f} points" for m in mapping),
             ],
         ]
-        print_table(["mapping (read-back vs target)", *headers[1:]], mapping_rows)
+        title = "mapping (read-back vs target; errors: non-stuck cells)"
+        print_table([title, *headers[1:]], mapping_rows)
     if stage_times:
         rows = [[stage, f"{seconds:.1f}"] for stage, seconds in stage_times.items()]
         rows.append(["total (with setup)", f"{wall:.1f}"])
