@@ -351,6 +351,29 @@ def session_events(store: SessionStore) -> list[Event]:
     return events
 
 
+def _history_events(
+    arrays: dict[str, np.ndarray], common: dict[str, Any], total: int
+) -> list[Event]:
+    """One progress event per recorded write-verify iteration (verify reads and pulse counts
+    of the programmed cells), so a reviewed session shows cell histories and convergence."""
+    if "history_achieved" not in arrays:
+        return []  # written before the history was recorded
+    mask = np.isfinite(arrays["targets"])
+    events = []
+    for iteration, done, achieved, pulses in zip(
+        arrays["history_iteration"], arrays["history_done"], arrays["history_achieved"],
+        arrays["history_pulses"], strict=True,
+    ):  # fmt: skip
+        achieved_map = np.full(mask.shape, np.nan)
+        achieved_map[mask] = achieved
+        pulse_map = np.zeros(mask.shape, dtype=np.int64)
+        pulse_map[mask] = pulses
+        data = {"iteration": int(iteration), "done": int(done), "total": total}
+        data.update(achieved=achieved_map, pulses=pulse_map)
+        events.append(Event("program", "progress", {**common, **data}))
+    return events
+
+
 def _deployment_events(store: SessionStore, run: str, stage_name: str) -> list[Event]:
     path = f"deployments/{run}/program"
     state = store.status(path)
@@ -383,6 +406,7 @@ def _deployment_events(store: SessionStore, run: str, stage_name: str) -> list[E
         )
     )
     total = sum(counts.values())
+    events.extend(_history_events(arrays, common, total))
     events.append(
         Event(
             "program",

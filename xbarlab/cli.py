@@ -158,8 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from xbarlab.pipeline import PipelineError
     from xbarlab.store import SessionError
 
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["gui"]:
+        # argparse's REMAINDER drops leading options in subcommands: hand gui its own argv
+        from gui.app import main as gui_main
+
+        return gui_main(words[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     try:
         handled = dispatch(args)
         if handled is not None:

@@ -482,6 +482,11 @@ class Pipeline:
             if "pulses" in event:
                 live.write("pulses", event["pulses"])
                 live.write("status", event["status"])
+                # per-iteration history of the programmed cells, for reviewing a session
+                live.append("history_iteration", event["iteration"], np.int64)
+                live.append("history_done", event["done"], np.int64)
+                live.append("history_achieved", event["achieved"][mask], np.float32)
+                live.append("history_pulses", event["pulses"][mask], np.int32)
             self.emit("program", "progress", deployment=name, **_without_stage(event))
 
         result = program_map(

@@ -104,8 +104,8 @@ def add_session_commands(commands: argparse._SubParsersAction) -> None:
         help="also write an instrument config (TOML) whose addresses point at these emulators",
     )
 
-    gui = commands.add_parser("gui", help="the lab bench window", add_help=False)
-    gui.add_argument("gui_args", nargs=argparse.REMAINDER)
+    # listed for --help; `xbarlab.cli.main` hands `xbarlab gui ...` to gui.app.main directly
+    commands.add_parser("gui", help="the lab bench window (xbarlab gui --help)", add_help=False)
 
 
 def _pipeline_arguments(parser: argparse.ArgumentParser, session_required: bool) -> None:
@@ -576,12 +576,6 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
 
 
-def command_gui(args: argparse.Namespace) -> int:
-    from gui.app import main as gui_main
-
-    return gui_main(list(args.gui_args))
-
-
 def dispatch(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int | None:
     """Run a session command; None if args.command is not one of them."""
     if args.command in ("demo", "characterize", "program", "evaluate"):
@@ -592,6 +586,4 @@ def dispatch(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int
         return command_read(args)
     if args.command == "emulate":
         return command_emulate(args)
-    if args.command == "gui":
-        return command_gui(args)
     return None

@@ -379,6 +379,26 @@ class LiveStage:
         self.group[name][index] = values
         self.store.flush()
 
+    def append(self, name: str, values: Any, dtype: Any = float) -> None:
+        """Append `values` as one more row of the growing dataset `name` (created on first use
+        with rows shaped like `values`), then flush."""
+        row = np.asarray(values, dtype=dtype)
+        if name not in self.group:
+            chunks = (1, *row.shape) if row.ndim else (256,)
+            self.group.create_dataset(
+                name, shape=(0, *row.shape), maxshape=(None, *row.shape), dtype=dtype,
+                chunks=chunks,
+            )  # fmt: skip
+        dataset = self.group[name]
+        if dataset.shape[1:] != row.shape:
+            raise SessionError(
+                f"{self.store.path}: {self.path}/{name} has rows of shape {dataset.shape[1:]}; "
+                f"cannot append {row.shape}"
+            )
+        dataset.resize(dataset.shape[0] + 1, axis=0)
+        dataset[-1] = row
+        self.store.flush()
+
     def read(self, name: str) -> np.ndarray:
         return self.group[name][()]
 

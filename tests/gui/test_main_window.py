@@ -148,6 +148,16 @@ def test_open_session_fills_every_panel_read_only(qtbot, finished_run):
         assert heatmap.values is not None and np.isfinite(heatmap.values).any()
     review.maps.select_cell(70, 20)
     assert "cell (70, 20)" in review.cell.info.text()
+    # Write-verify histories and convergence come back from the file as they were seen live
+    # (float32 in the file).
+    deployment, seen = review.state.deployments["main"], live.state.deployments["main"]
+    row, col = (int(v) for v in np.unravel_index(np.argmax(seen.pulses), seen.pulses.shape))
+    pulses, conductances = deployment.cell_history(row, col)
+    live_pulses, live_conductances = seen.cell_history(row, col)
+    assert len(pulses) > 3
+    np.testing.assert_array_equal(pulses, live_pulses)
+    np.testing.assert_allclose(conductances, live_conductances, rtol=1e-6)
+    assert deployment.done[-1] == seen.done[-1] and len(deployment.done) >= len(seen.done) - 1
     assert review.mapping.values["live"]["cells"] > 0
     assert review.mapping.values["readback"]["cells"] > 0
     assert "read-back" in review.accuracy.table.text()

@@ -114,3 +114,10 @@ def test_every_command_has_help(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: xbarlab " + command in capsys.readouterr().out
+
+
+def test_gui_command_passes_its_options_to_the_gui(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["gui", "--help"])
+    assert stop.value.code == 0
+    assert "--screenshot" in capsys.readouterr().out
