@@ -32,8 +32,9 @@ when it would need many sweeps, the direct block factorisation `CrossbarSystem` 
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -452,10 +453,12 @@ def _factor_chains(diagonal: np.ndarray, coupling: np.ndarray) -> tuple[np.ndarr
     for k in range(1, pivots.shape[0]):
         pivots[k] = diagonal[k] - coupling[k] * coupling[k] / pivots[k - 1]
     inverse = 1.0 / pivots
-    forward = np.zeros_like(pivots)
-    backward = np.zeros_like(pivots)
-    forward[1:] = coupling[1:] * inverse[1:]
-    backward[:-1] = coupling[1:] * inverse[:-1]
+    forward = np.empty_like(pivots)
+    backward = np.empty_like(pivots)
+    forward[0] = 0.0
+    backward[-1] = 0.0
+    np.multiply(coupling[1:], inverse[1:], out=forward[1:])
+    np.multiply(coupling[1:], inverse[:-1], out=backward[:-1])
     return forward, inverse, backward
 
 
@@ -479,16 +482,30 @@ class SweepSystem:
     `_SlowConvergence` when the devices are too strong for Gauss-Seidel.
     """
 
-    def __init__(self, lines: CrossbarLines, g: np.ndarray, tolerance: float = 1e-13) -> None:
+    def __init__(
+        self,
+        lines: CrossbarLines,
+        g: np.ndarray | None,
+        tolerance: float = 1e-13,
+        *,
+        node_stamps: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         if lines.word_mode != "segment" or lines.bit_mode != "segment":
             raise ValueError("SweepSystem: both line types need segment resistance")
-        g = np.asarray(g, dtype=float)
-        g = g.reshape((1,) * (4 - g.ndim) + g.shape)  # (rows, cols) is one array
         self.lines, self.tolerance = lines, tolerance
-        self.t = g.shape[1]
-        self.g_shared = g[0] if g.shape[0] == 1 else None
-        stamps_w = np.transpose(g, (3, 1, 2, 0))  # (cols, t, rows, B or 1)
-        stamps_b = np.transpose(g, (2, 1, 3, 0))  # (rows, t, cols, B or 1)
+        self.rate: float | None = None
+        """Largest error reduction per sweep observed by a converged solve (None before one)."""
+        if node_stamps is None:
+            g = np.asarray(g, dtype=float)
+            g = g.reshape((1,) * (4 - g.ndim) + g.shape)  # (rows, cols) is one array
+            self.g_shared = g[0] if g.shape[0] == 1 else None
+            stamps_w = np.transpose(g, (3, 1, 2, 0))  # (cols, t, rows, B or 1)
+            stamps_b = np.transpose(g, (2, 1, 3, 0))  # (rows, t, cols, B or 1)
+        else:
+            # Stamps already in the node layouts (any strides), e.g. slopes of Newton's method.
+            stamps_w, stamps_b = node_stamps
+            self.g_shared = None
+        self.t = stamps_w.shape[1]
         seg_w = lines.word_g.T[:, None, :, None]  # (cols, 1, rows, 1): left of each cell
         diag_w = seg_w.copy()
         diag_w[:-1] += seg_w[1:]
@@ -512,12 +529,16 @@ class SweepSystem:
         f_u: np.ndarray | None,
         f_b: np.ndarray | None,
         f_u0: np.ndarray | None = None,
+        atol: tuple[float, float] = (0.0, 0.0),
     ) -> tuple[np.ndarray, np.ndarray]:
         """Word nodes (cols, t, rows, B) and bit nodes (rows, t, cols, B) in V for injected
         currents in A: f_u (cols, t, rows, B) into word nodes, f_b (rows, t, cols, B) into bit
         nodes, f_u0 (t, rows, B) into the first word node only (the drivers); None = no current.
-        Stops when a sweep moves the far ends of the lines by at most `tolerance` times their
-        largest voltage and the observed rate says the rest is smaller still."""
+        Stops when the error estimated from the last sweep's change at the far ends of the lines
+        and the observed rate is at most `tolerance` times their largest voltage, or at most
+        atol = (word, bit) V on each family's ends (an inexact solve: a Newton correction needs
+        only the accuracy of the answer); a system whose rate is known (`rate`) may stop after
+        two sweeps."""
         rows, cols = self.lines.rows, self.lines.cols
         batch = next(f.shape[-1] for f in (f_u, f_b, f_u0) if f is not None)
         inv_w, inv_b = self.word[1], self.bit[1]
@@ -527,10 +548,14 @@ class SweepSystem:
         u = np.empty((cols, self.t, rows, batch))
         b = np.zeros((rows, self.t, cols, batch))
         last, change, rate = None, np.inf, 1.0
+        known = None if self.rate is None else max(self.rate, 0.1)
         for sweep in range(1, _MAX_SWEEPS + 1):
-            np.multiply(b.transpose(2, 1, 0, 3), self.scaled_w, out=u)
-            if f_u is not None:
-                u += f_u
+            if sweep == 1:  # b = 0
+                u[:] = 0.0 if f_u is None else f_u
+            else:
+                np.multiply(b.transpose(2, 1, 0, 3), self.scaled_w, out=u)
+                if f_u is not None:
+                    u += f_u
             if f_u0 is not None:
                 u[0] += f_u0
             _sweep_chains(u, self.word[0], self.word[2])
@@ -540,11 +565,17 @@ class SweepSystem:
             _sweep_chains(b, self.bit[0], self.bit[2])
             ends = (u[-1].copy(), b[-1].copy())
             if last is not None:
-                moved = max(_relative_change(new, old) for new, old in zip(ends, last, strict=True))
+                changes = [_largest(new - old) for new, old in zip(ends, last, strict=True)]
+                moved = max(changes)
+                relative = self.tolerance * max(_largest(new) for new in ends)
                 rate = moved / change
                 if moved == 0 or (
-                    sweep >= 3 and rate < 0.5 and moved * rate / (1 - rate) <= self.tolerance
+                    sweep >= 3 and rate < 0.5 and _within(changes, rate, relative, atol)
                 ):
+                    if sweep >= 3:
+                        self.rate = max(rate, self.rate or 0.0)
+                    return u, b
+                if sweep == 2 and known is not None and _within(changes, known, relative, atol):
                     return u, b
                 if sweep >= 3 and rate > _SWEEP_RATE_LIMIT:
                     raise _SlowConvergence(f"Gauss-Seidel rate {rate:.2g} per sweep")
@@ -568,10 +599,16 @@ class SweepSystem:
         )
 
 
-def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
-    """Largest change between two sweeps relative to the largest magnitude (0 for all zeros)."""
-    scale = float(np.max(np.abs(new))) if new.size else 0.0
-    return float(np.max(np.abs(new - old))) / scale if scale > 0 else 0.0
+def _within(changes: list[float], rate: float, relative: float, atol: tuple[float, float]) -> bool:
+    """Gauss-Seidel's error estimate change * rate / (1 - rate) per family within tolerance."""
+    return all(
+        c * rate / (1 - rate) <= max(relative, a) for c, a in zip(changes, atol, strict=True)
+    )
+
+
+def _largest(array: np.ndarray) -> float:
+    """Largest magnitude in an array (0 when empty)."""
+    return float(max(array.max(), -array.min())) if array.size else 0.0
 
 
 # -- forward model: sources, outputs, device voltages --------------------------------------------
@@ -867,14 +904,16 @@ def _newton_nodes(
     tolerance: float,
     max_iterations: int,
     both: Callable[[np.ndarray], tuple[Any, ...]] | None = None,
+    sweep: bool = True,
 ):
     """Node voltages (u, b) of nonlinear devices by Newton's method with a Jacobian shared by the
     batch (a chord method; refactorised at the batch's mean device voltages when a step shrinks
     by less than 4x). Returns u, b, iterations, the last factorised system and, from the
-    Gauss-Seidel path, what `both` returned at the last iterate (else None)."""
+    Gauss-Seidel path, what `both` returned at the last iterate (else None). sweep=False skips
+    the Gauss-Seidel attempt (known to be too slow)."""
     if lines.ideal:
         return None, None, 0, None, None
-    if _sweepable(lines):
+    if sweep and _sweepable(lines):
         try:
             if both is None:
                 both = lambda volts: (current(volts), slope(volts))  # noqa: E731
@@ -989,6 +1028,10 @@ def crossbar_currents(
     Solved in float64 (results in the inputs' dtype). Gradients reach voltages and conductances
     by the adjoint method: one more solve with the same factorisation (linear devices) or the
     transposed Newton system at the solution (nonlinear `current`), never by unrolling.
+    `current` is a `TorchDeviceFunction` (slopes and the conductance gradient by autograd) or,
+    faster, `ElementwiseDevices` (closed-form currents and slopes without autograd inside
+    Newton's method; Newton stops when the error estimated from the last step and the observed
+    rate is at most `tolerance` times the largest |voltage|).
     """
     single = conductances.dim() == 2
     if single:
@@ -1006,6 +1049,11 @@ def crossbar_currents(
             power = torch.einsum("bti,tij->b", voltages * voltages, conductances).detach()
         else:
             out, power = _LinearCrossbar.apply(voltages, conductances, lines)
+    elif isinstance(current, ElementwiseDevices):
+        params = current.parameters(conductances)
+        out, power = _ElementwiseCrossbar.apply(
+            voltages, lines, current, tolerance, max_iterations, *params
+        )
     else:
         out, power = _NonlinearCrossbar.apply(
             voltages, conductances, lines, current, tolerance, max_iterations
@@ -1126,6 +1174,207 @@ class _NonlinearCrossbar(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_v = torch.as_tensor(_voltage_adjoint(lines, lam_u, diff, stamps)).to(grad_out)
         return grad_v, grad_g, None, None, None, None
+
+
+class ElementwiseDevices(ABC):
+    """Nonlinear devices in closed form for `crossbar_currents`: the current I(V; p) and its slope
+    dI/dV of device voltages V from per-device parameters p, computed once per solve from the
+    conductances (differentiable: gradients reach the conductances through them). Newton's
+    method then evaluates plain numpy, and the backward pass needs only dI/dp at the solution.
+    """
+
+    @abstractmethod
+    def parameters(self, conductances: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-device parameters, each like conductances (t, rows, cols), float64."""
+
+    def prepare(self, params: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """What `currents` and `partials` receive (same shapes), once per solve; default as is."""
+        return tuple(params)
+
+    @abstractmethod
+    def currents(
+        self, volts: np.ndarray, prepared: Sequence[np.ndarray], slope: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """I in A and, if slope, dI/dV in S at device voltages volts in V; the prepared
+        parameters broadcast against volts (any layout, the same for all)."""
+
+    @abstractmethod
+    def partials(
+        self, volts: np.ndarray, prepared: Sequence[np.ndarray], flow: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """dI/dp per parameter (shaped like volts) at volts, where the current is flow."""
+
+
+def _node_layout(array: np.ndarray) -> np.ndarray:
+    """(t, rows, cols) -> word-node layout (cols, t, rows, 1), contiguous."""
+    return np.ascontiguousarray(np.transpose(array, (2, 0, 1)))[..., None]
+
+
+def _node_residuals(
+    lines: CrossbarLines, drive: np.ndarray, u: np.ndarray, b: np.ndarray, flow: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Minus the Kirchhoff residuals (current into each node) in the node layouts: word nodes u
+    and device currents flow (cols, t, rows, B), bit nodes b (rows, t, cols, B), applied voltages
+    drive (t, rows, B)."""
+    seg = lines.word_g.T[:, None, :, None]  # (cols, 1, rows, 1)
+    rhs_u = -flow
+    rhs_u[0] -= seg[0] * (u[0] - drive)
+    along = seg[1:] * (u[1:] - u[:-1])  # from node k into node k - 1
+    rhs_u[:-1] += along
+    rhs_u[1:] -= along
+    e = lines.bit_g[:, None, :, None]  # (rows, 1, cols, 1)
+    rhs_b = flow.transpose(2, 1, 0, 3).copy()
+    rhs_b[-1] -= e[-1] * b[-1]
+    along = e[:-1] * (b[1:] - b[:-1])  # from row k + 1 into row k
+    rhs_b[:-1] += along
+    rhs_b[1:] -= along
+    return rhs_u, rhs_b
+
+
+def _elementwise_sweep(
+    lines: CrossbarLines,
+    v: np.ndarray,
+    devices: ElementwiseDevices,
+    prepared: Sequence[np.ndarray],
+    tolerance: float,
+    max_iterations: int,
+):
+    """Newton's method for `ElementwiseDevices` on the Gauss-Seidel path, entirely in the node
+    layouts (prepared parameters in the word-node layout (cols, t, rows, 1)).
+
+    The first step starts from the ideal-line voltages with the slopes there (its residual is the
+    device currents), the second refreshes the slopes (Newton), later ones reuse them (a chord
+    method: weak devices barely change their slopes) until a step shrinks by less than 4x.
+    Inner solves stop at a twentieth of the tolerance. Stops when the error left, estimated from
+    the last step and its ratio to the step before (with a 4x margin), is at most tolerance
+    times the largest |applied voltage| on every node and times the largest output node voltage
+    on the output nodes. Returns u, b, iterations and the last system. Raises
+    `_SlowConvergence`."""
+    batch = v.shape[0]
+    scale = max(_largest(v), 1e-300)
+    drive = np.ascontiguousarray(np.transpose(v, (1, 2, 0)))  # (t, rows, B)
+    u = np.empty((lines.cols, *drive.shape))
+    u[:] = drive
+    b = np.zeros((lines.rows, v.shape[1], lines.cols, batch))
+    flow, stamps = devices.currents(drive[None], prepared, True)  # at the ideal-line voltages
+    rhs_u, rhs_b = -flow, flow.transpose(2, 1, 0, 3)
+    system = SweepSystem(lines, None, node_stamps=(stamps, stamps.transpose(2, 1, 0, 3)))
+    # Output nodes' voltages, first from the ideal-line currents into the bit lines.
+    out_scale = _largest(flow.sum(axis=2) / lines.bit_g[-1][:, None, None])
+    previous, newton = np.inf, True
+    for iteration in range(1, max_iterations + 1):
+        du, db = system.solve_nodes(
+            rhs_u, rhs_b, atol=(0.05 * tolerance * scale, 0.05 * tolerance * out_scale)
+        )
+        u += du
+        b += db
+        moved, moved_out = max(_largest(du), _largest(db)), _largest(db[-1])
+        out_scale = max(_largest(b[-1]), 1e-300)
+        rate = moved / previous
+        # Error left after this step: ~ rate * moved (chord) or rate^2 * moved (Newton).
+        factor = 4 * (rate * rate if newton else rate)
+        if (moved <= 0.05 * tolerance * scale and moved_out <= 0.05 * tolerance * out_scale) or (
+            iteration >= 2
+            and rate < 0.25
+            and factor * moved <= tolerance * scale
+            and factor * moved_out <= tolerance * out_scale
+        ):
+            return u, b, iteration, system
+        volts = u - b.transpose(2, 1, 0, 3)
+        newton = iteration == 1 or rate >= 0.25
+        flow, stamps = devices.currents(volts, prepared, newton)
+        if newton:
+            known = system.rate
+            system = SweepSystem(lines, None, node_stamps=(stamps, stamps.transpose(2, 1, 0, 3)))
+            system.rate = known
+        rhs_u, rhs_b = _node_residuals(lines, drive, u, b, flow)
+        previous = moved
+    raise RuntimeError(
+        f"crossbar_currents: Newton's method did not converge in {max_iterations} iterations"
+    )
+
+
+class _ElementwiseCrossbar(torch.autograd.Function):
+    """`crossbar_currents` for `ElementwiseDevices`: inputs voltages and the device parameters;
+    the gradient of each parameter is the adjoint-weighted dI/dp at the solution, summed over
+    the vectors."""
+
+    @staticmethod
+    def forward(ctx, voltages, lines, devices, tolerance, max_iterations, *params):  # type: ignore[override]
+        v = _numpy(voltages)
+        prepared = devices.prepare([_numpy(p) for p in params])
+        ctx.lines, ctx.devices = lines, devices
+        ctx.sweep = None
+        if _sweepable(lines):
+            node = [_node_layout(p) for p in prepared]
+            try:
+                u, b, _, system = _elementwise_sweep(
+                    lines, v, devices, node, tolerance, max_iterations
+                )
+            except _SlowConvergence:
+                pass
+            else:
+                volts = u - b.transpose(2, 1, 0, 3)  # (cols, t, rows, B)
+                flow, stamps = devices.currents(volts, node, True)
+                out = np.transpose(lines.bit_g[-1][None, :, None] * b[-1], (2, 0, 1))
+                power = np.abs(volts * flow).sum(axis=(0, 1, 2))
+                ctx.sweep = (volts, flow, stamps, node, system.rate)
+        if ctx.sweep is None:
+            current = lambda volts: devices.currents(volts, prepared, False)[0]  # noqa: E731
+            slope = lambda volts: devices.currents(volts, prepared, True)[1]  # noqa: E731
+            u, b, _, system, _ = _newton_nodes(
+                lines, prepared[0], v, current, slope, tolerance, max_iterations, sweep=False
+            )
+            wc, bc = _cells(lines, v, u, b)
+            cells = wc - bc
+            flow, stamps = devices.currents(cells, prepared, True)
+            out = _outputs(lines, b, flow)
+            power = np.abs(cells * flow).sum(axis=(1, 2, 3))
+            ctx.direct = (system, cells, flow, stamps, prepared)
+        ctx.max_iterations = max_iterations
+        out_t = torch.as_tensor(out).to(voltages)
+        power_t = torch.as_tensor(power).to(voltages)
+        ctx.mark_non_differentiable(power_t)
+        return out_t, power_t
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
+        lines: CrossbarLines = ctx.lines
+        gy = _numpy(grad_out)  # (B, t, cols)
+        need_v, need_p = ctx.needs_input_grad[0], any(ctx.needs_input_grad[5:])
+        if ctx.sweep is not None:
+            volts, flow, stamps, node, known = ctx.sweep
+            f_b = np.zeros((lines.rows, *volts.shape[1:2], lines.cols, volts.shape[3]))
+            f_b[-1] = lines.bit_g[-1][None, :, None] * np.transpose(gy, (1, 2, 0))
+            # The exact adjoint: the Newton system at the solution (symmetric).
+            system = SweepSystem(lines, None, node_stamps=(stamps, stamps.transpose(2, 1, 0, 3)))
+            system.rate = known
+            lam_u, lam_b = system.solve_nodes(None, f_b)
+            weights = lam_b.transpose(2, 1, 0, 3) - lam_u  # -(lambda~_w - lambda~_b)
+            sum_axis, to_params = -1, (1, 2, 0)
+            if need_v:
+                grad_v = np.transpose(lines.word_g[:, 0][None, :, None] * lam_u[0], (2, 0, 1))
+        else:
+            system, volts, flow, stamps, node = ctx.direct
+            h_u, h_b = _output_adjoint(lines, stamps, gy)
+            if system is None:  # ideal lines
+                lam_u = lam_b = None
+            else:
+                lam_u, lam_b = _adjoint_solve(system, stamps, h_u, h_b, ctx.max_iterations)
+            diff = _adjoint_cells(lines, lam_u, lam_b, gy, volts.shape)
+            weights = -diff
+            sum_axis, to_params = 0, (0, 1, 2)
+            if need_v:
+                grad_v = _voltage_adjoint(lines, lam_u, diff, stamps)
+        grads = [None] * (len(ctx.needs_input_grad) - 5)
+        if need_p:
+            partials = ctx.devices.partials(volts, node, flow)
+            for k, partial in enumerate(partials):
+                if ctx.needs_input_grad[5 + k]:
+                    summed = (weights * partial).sum(axis=sum_axis)
+                    grads[k] = torch.as_tensor(np.transpose(summed, to_params)).to(grad_out)
+        grad_v_t = torch.as_tensor(np.ascontiguousarray(grad_v)).to(grad_out) if need_v else None
+        return (grad_v_t, None, None, None, None, *grads)
 
 
 def _solve_any(

@@ -20,9 +20,10 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from simulation.circuit import CrossbarLines, crossbar_currents
+from simulation.circuit import CrossbarLines, ElementwiseDevices, crossbar_currents
 from simulation.config import (
     ConfigError,
     ConfigIdentity,
@@ -31,7 +32,7 @@ from simulation.config import (
     read_float_list,
     reject_unknown_keys,
 )
-from simulation.current_models import CurrentModel
+from simulation.current_models import CurrentModel, PooleFrenkel
 from simulation.mapping import balanced_spans
 from simulation.nonidealities.base import Draws
 
@@ -112,6 +113,12 @@ class LineResistance(ConfigIdentity):
         if current_model.is_linear:
             g_tiles = tiling.gather(conductances) * tiling.cell_mask.to(conductances)
             out, power = crossbar_currents(v_tiles, g_tiles, lines)
+        elif isinstance(current_model, PooleFrenkel):
+            g_tiles = tiling.gather(conductances)
+            devices = _PooleFrenkelTiles(current_model, tiling, draws)
+            out, power = crossbar_currents(
+                v_tiles, g_tiles, lines, devices, tolerance=self.tolerance
+            )
         else:
             g_tiles = tiling.gather(conductances)
             function = tiling.device_function(current_model, draws)
@@ -191,3 +198,43 @@ class _Tiling:
             return flow[..., 0].reshape(volts.shape) * mask.to(flow)
 
         return current
+
+
+class _PooleFrenkelTiles(ElementwiseDevices):
+    """Poole-Frenkel devices on tiles in closed form: parameters ln c (-inf on padded cells, which
+    then carry no current) and beta; I = c V e^x and dI/dV = c e^x (1 + x / 2), x = beta sqrt|V|;
+    dI/d ln c = I and dI/d beta = I sqrt|V|."""
+
+    def __init__(self, model: PooleFrenkel, tiling: _Tiling, draws: Draws) -> None:
+        self.model, self.tiling = model, tiling
+        self.draws = {name: tiling.gather(value) for name, value in draws.items()}
+
+    def parameters(self, conductances: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        draws = {name: value.to(conductances) for name, value in self.draws.items()}
+        log_c, beta = self.model._log_c_and_beta(conductances, draws, differentiable=True)
+        mask = self.tiling.cell_mask
+        if not bool(mask.all()):
+            log_c = log_c.masked_fill(~mask, -math.inf)
+        return log_c, beta
+
+    def prepare(self, params):
+        log_c, beta = params
+        return np.exp(log_c), beta
+
+    def currents(self, volts, prepared, slope):
+        c, beta = prepared
+        x = np.sqrt(np.abs(volts)) * beta  # volts may be smaller than the parameters (broadcast)
+        scaled = np.exp(x)
+        scaled *= c  # I / V
+        flow = volts * scaled
+        if not slope:
+            return flow, None
+        x *= 0.5
+        x += 1.0
+        x *= scaled
+        return flow, x
+
+    def partials(self, volts, prepared, flow):
+        root = np.sqrt(np.abs(volts))
+        root *= flow
+        return flow, root

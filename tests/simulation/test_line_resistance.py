@@ -137,3 +137,36 @@ def test_a_training_step_through_line_resistance_lowers_the_loss() -> None:
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     assert layer.theta.grad is not None and torch.isfinite(layer.theta.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "r"),
+    [(5.25e-7, 2.62e-6, 0.35), (6.9e-4, 3.45e-3, 0.35), (6.9e-4, 3.45e-3, 30.0)],
+)
+def test_closed_form_poole_frenkel_matches_the_autograd_path(low: float, high: float, r: float):
+    """The closed-form path (`ElementwiseDevices`: Newton without autograd, one adjoint solve)
+    gives the outputs and gradients of the generic path (autograd device function) in float64,
+    on Gauss-Seidel (weak and strong devices) and on the direct fallback (30 Ohm segments)."""
+    from simulation.circuit import CrossbarLines, crossbar_currents
+    from simulation.line_resistance import _PooleFrenkelTiles
+
+    rng = np.random.default_rng(5)
+    model = PooleFrenkel.high_r_siox()
+    g0 = torch.from_numpy(rng.uniform(low, high, (45, 12)))
+    v0 = torch.from_numpy(rng.uniform(0.0, 0.5, (6, 45)))
+    v0[0, :5] = 0.0  # zero volts: finite slopes
+    draws = model.draw((45, 12), torch.Generator().manual_seed(4), torch.float64)
+    tiling = LineResistance(r, r, (16, 8)).tiling((45, 12))  # padded rows and columns
+    lines = CrossbarLines.build(tiling.tile, r, 0.9 * r)
+    weights = torch.from_numpy(rng.normal(size=(6, 12)))
+    results = []
+    for devices in (tiling.device_function(model, draws), _PooleFrenkelTiles(model, tiling, draws)):
+        g, v = g0.clone().requires_grad_(True), v0.clone().requires_grad_(True)
+        out, power = crossbar_currents(
+            tiling.voltages(v), tiling.gather(g), lines, devices, tolerance=1e-12
+        )
+        currents = tiling.scatter(out, 12)
+        (currents * weights).sum().backward()
+        results.append((currents.detach(), power, g.grad, v.grad))
+    for reference, value in zip(*results, strict=True):
+        np.testing.assert_allclose(value.numpy(), reference.numpy(), rtol=1e-9, atol=0)
