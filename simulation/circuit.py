@@ -448,13 +448,18 @@ def _factor_chains(diagonal: np.ndarray, coupling: np.ndarray) -> tuple[np.ndarr
     Returns (forward, inverse, backward) with d_k the LDL^T pivots: the scaled forward sweep is
     y_k = inverse_k f_k + forward_k y_{k-1} (forward_k = coupling_k / d_k) and back substitution
     x_k = y_k + backward_k x_{k+1} (backward_k = coupling_{k+1} / d_k)."""
-    pivots = np.empty(np.broadcast_shapes(diagonal.shape, coupling.shape))
-    pivots[0] = diagonal[0]
-    for k in range(1, pivots.shape[0]):
-        pivots[k] = diagonal[k] - coupling[k] * coupling[k] / pivots[k - 1]
-    inverse = 1.0 / pivots
-    forward = np.empty_like(pivots)
-    backward = np.empty_like(pivots)
+    shape = np.broadcast_shapes(diagonal.shape, coupling.shape)
+    diagonal = np.broadcast_to(diagonal, shape)
+    squared = coupling * coupling
+    inverse = np.empty(shape)  # 1 / d_k, computed in place: three passes per chain node
+    np.divide(1.0, diagonal[0], out=inverse[0])
+    pivot = np.empty(shape[1:])
+    for k in range(1, shape[0]):
+        np.multiply(squared[k], inverse[k - 1], out=pivot)
+        np.subtract(diagonal[k], pivot, out=pivot)
+        np.divide(1.0, pivot, out=inverse[k])
+    forward = np.empty_like(inverse)
+    backward = np.empty_like(inverse)
     forward[0] = 0.0
     backward[-1] = 0.0
     np.multiply(coupling[1:], inverse[1:], out=forward[1:])
