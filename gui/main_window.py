@@ -368,7 +368,11 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"xbarlab: {path.name} (read-only)")
         self.log.add(f"opened {path} read-only: {len(self.state.deployments)} deployment(s)")
         for record in logged:
-            details = ", ".join(f"{k} {v}" for k, v in record.items() if k not in ("utc", "event"))
+            details = ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in record.items()
+                if k not in ("utc", "event")
+            )
             self.log.add(f"{record.get('utc', '')} {record.get('event', '')} {details}")
         self._dirty |= {"status", "maps", "mapping", "accuracy", "cell"}
         self.redraw()
