@@ -292,12 +292,9 @@ class _Devices:
         x = self.beta * np.sqrt(np.abs(volts))
         return self.c * np.exp(x) * (1.0 + 0.5 * x)
 
-    def block_current(self, rows: np.ndarray, cols: np.ndarray, volts: float) -> np.ndarray:
-        """Currents (len(rows), len(cols)) in A of the devices at rows x cols, all at `volts`."""
-        cells = np.ix_(rows, cols)
-        if self.linear:
-            return volts * self.c[cells]
-        return volts * self.c[cells] * np.exp(self.beta[cells] * math.sqrt(abs(volts)))
+    def at(self, cells: Any) -> _Devices:
+        """The devices at index `cells` (any numpy index into (rows, cols))."""
+        return _Devices(self.c[cells], self.beta[cells])
 
 
 class SimulatedChip:
@@ -631,12 +628,7 @@ class SimulatedChip:
         self._check_read_level(abs(float(v_read)))
         with self.lock:
             devices = self._now()[1]
-            volts = np.full(len(rows), float(v_read))
-            c = devices.c[rows, cols]
-            if devices.linear:
-                currents = volts * c
-            else:
-                currents = volts * c * np.exp(devices.beta[rows, cols] * np.sqrt(np.abs(volts)))
+            currents = devices.at((rows, cols)).current(np.full(len(rows), float(v_read)))
             return self._noisy(-currents, np.ones(len(rows), dtype=bool), averages)
 
     def _noisy(self, currents: np.ndarray, measured: np.ndarray, averages: int) -> np.ndarray:
@@ -674,7 +666,7 @@ class SimulatedChip:
                 volt = float(level_w - level_b)
                 if volt == 0.0:
                     continue
-                flow = devices.block_current(group_rows, group_cols, volt)
+                flow = devices.at(np.ix_(group_rows, group_cols)).current(np.asarray(volt))
                 word_out[group_rows] += flow.sum(axis=1)
                 bit_out[group_cols] -= flow.sum(axis=0)
                 if volt > lowest_set or -volt > lowest_reset:

@@ -1070,6 +1070,16 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
+def _forward_outputs(
+    ctx: Any, out: np.ndarray, power: np.ndarray, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An autograd forward's results as tensors like `like`: output currents (A) and device
+    power (W), which carries no gradient."""
+    power_t = torch.as_tensor(power).to(like)
+    ctx.mark_non_differentiable(power_t)
+    return torch.as_tensor(out).to(like), power_t
+
+
 class _LinearCrossbar(torch.autograd.Function):
     @staticmethod
     def forward(ctx, voltages, conductances, lines):  # type: ignore[override]
@@ -1078,11 +1088,7 @@ class _LinearCrossbar(torch.autograd.Function):
         ctx.lines, ctx.g = lines, g
         ctx.cells = solution.word_voltages - solution.bit_voltages
         power = np.abs(ctx.cells * solution.device_currents).sum(axis=(1, 2, 3))
-        like = voltages
-        out = torch.as_tensor(solution.output_currents).to(like)
-        power_t = torch.as_tensor(power).to(like)
-        ctx.mark_non_differentiable(power_t)
-        return out, power_t
+        return _forward_outputs(ctx, solution.output_currents, power, voltages)
 
     @staticmethod
     def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
@@ -1153,10 +1159,7 @@ class _NonlinearCrossbar(torch.autograd.Function):
         ctx.stamps, ctx.graph, ctx.g_leaf = stamps, graph, g_leaf
         ctx.max_iterations = max_iterations
         power = np.abs(cells * flow).sum(axis=(1, 2, 3))
-        out_t = torch.as_tensor(out).to(voltages)
-        power_t = torch.as_tensor(power).to(voltages)
-        ctx.mark_non_differentiable(power_t)
-        return out_t, power_t
+        return _forward_outputs(ctx, out, power, voltages)
 
     @staticmethod
     def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
@@ -1337,10 +1340,7 @@ class _ElementwiseCrossbar(torch.autograd.Function):
             power = np.abs(cells * flow).sum(axis=(1, 2, 3))
             ctx.direct = (system, cells, flow, stamps, prepared)
         ctx.max_iterations = max_iterations
-        out_t = torch.as_tensor(out).to(voltages)
-        power_t = torch.as_tensor(power).to(voltages)
-        ctx.mark_non_differentiable(power_t)
-        return out_t, power_t
+        return _forward_outputs(ctx, out, power, voltages)
 
     @staticmethod
     def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
