@@ -45,6 +45,8 @@ import scipy.sparse
 import scipy.sparse.linalg
 import torch
 
+from simulation.line_drops import RATE_LIMIT, DropCrossbar, DropSolver
+
 DeviceFunction = Callable[[np.ndarray], np.ndarray]
 """Per-device function of device voltages (..., rows, cols) in V -> (..., rows, cols): the device
 current I (A) or its slope dI/dV (S). Must broadcast its per-device parameters over leading axes."""
@@ -1048,22 +1050,53 @@ def crossbar_currents(
             f"crossbar_currents: voltages {tuple(voltages.shape)} and conductances "
             f"{tuple(conductances.shape)} do not match arrays of {lines.rows}x{lines.cols}"
         )
-    if current is None:
-        if lines.ideal:
-            out = torch.einsum("bti,tij->btj", voltages, conductances)
-            power = torch.einsum("bti,tij->b", voltages * voltages, conductances).detach()
-        else:
+    if current is None and lines.ideal:
+        out = torch.einsum("bti,tij->btj", voltages, conductances)
+        power = torch.einsum("bti,tij->b", voltages * voltages, conductances).detach()
+    elif current is None or isinstance(current, ElementwiseDevices):
+        devices = _LINEAR_DEVICES if current is None else current
+        params = devices.parameters(conductances)
+        route = _drop_route(lines, voltages, devices, params)
+        if route is not None:
+            out, power = DropCrossbar.apply(
+                voltages, route[0], devices, route[1], tolerance, max_iterations, *params
+            )
+        elif current is None:
             out, power = _LinearCrossbar.apply(voltages, conductances, lines)
-    elif isinstance(current, ElementwiseDevices):
-        params = current.parameters(conductances)
-        out, power = _ElementwiseCrossbar.apply(
-            voltages, lines, current, tolerance, max_iterations, *params
-        )
+        else:
+            out, power = _ElementwiseCrossbar.apply(
+                voltages, lines, devices, tolerance, max_iterations, *params
+            )
     else:
         out, power = _NonlinearCrossbar.apply(
             voltages, conductances, lines, current, tolerance, max_iterations
         )
     return (out[:, 0], power) if single else (out, power)
+
+
+_DROP_SOLVERS: OrderedDict[tuple[Any, ...], DropSolver] = OrderedDict()
+
+
+def _drop_route(
+    lines: CrossbarLines,
+    voltages: torch.Tensor,
+    devices: ElementwiseDevices,
+    params: Sequence[torch.Tensor],
+) -> tuple[DropSolver, float] | None:
+    """The fixed-point solver (`simulation.line_drops`) and its rate bound when the devices are
+    weak enough for it (rate bound <= RATE_LIMIT at the largest |voltage|), else None."""
+    key = lines.key()
+    solver = _DROP_SOLVERS.get(key)
+    if solver is None:
+        solver = _DROP_SOLVERS[key] = DropSolver(lines)
+        if len(_DROP_SOLVERS) > 16:
+            _DROP_SOLVERS.popitem(last=False)
+    dtype = voltages.dtype if voltages.dtype in (torch.float32, torch.float64) else torch.float64
+    with torch.no_grad():
+        prepared = devices.prepare([p.detach().to(dtype) for p in params])
+        peak = float(voltages.detach().abs().max()) if voltages.numel() else 0.0
+        rate = solver.rate_bound(devices.peak_slopes(prepared, peak))
+    return (solver, rate) if rate <= RATE_LIMIT else None
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -1184,12 +1217,42 @@ class _NonlinearCrossbar(torch.autograd.Function):
         return grad_v, grad_g, None, None, None, None
 
 
+def exp_(x: Any) -> Any:
+    """exp of a numpy array or a torch tensor, in place (what `ElementwiseDevices` computes
+    with); returns x."""
+    return x.exp_() if isinstance(x, torch.Tensor) else np.exp(x, out=x)
+
+
+def abs_(x: Any, out: Any = None) -> Any:
+    """|x| of a numpy array or a torch tensor, into out when given (else a new array)."""
+    return torch.abs(x, out=out) if isinstance(x, torch.Tensor) else np.abs(x, out=out)
+
+
+def sqrt_(x: Any) -> Any:
+    """sqrt of a numpy array or a torch tensor, in place; returns x."""
+    return x.sqrt_() if isinstance(x, torch.Tensor) else np.sqrt(x, out=x)
+
+
 class ElementwiseDevices(ABC):
     """Nonlinear devices in closed form for `crossbar_currents`: the current I(V; p) and its slope
     dI/dV of device voltages V from per-device parameters p, computed once per solve from the
     conductances (differentiable: gradients reach the conductances through them). Newton's
     method then evaluates plain numpy, and the backward pass needs only dI/dp at the solution.
+    `prepare`, `currents` and `partials` receive numpy arrays (the nodal solvers) or torch
+    tensors of one dtype (the fixed-point solver `simulation.line_drops`): write them with
+    operators and `exp_` / `sqrt_`. Slopes must be >= 0 and largest at the largest
+    |V| (`peak_slopes`), as for Poole-Frenkel and linear devices.
     """
+
+    def peak_slopes(self, prepared: Sequence[Any], peak: float) -> Any:
+        """Each device's largest dI/dV in S at |V| <= peak volts, shaped like the parameters
+        (default: the larger slope at +-peak, for slopes that grow with |V|)."""
+        like = prepared[0]
+        full = torch.full_like if isinstance(like, torch.Tensor) else np.full_like
+        up = self.currents(full(like, peak), prepared, True)[1]
+        down = self.currents(full(like, -peak), prepared, True)[1]
+        up = up + 0 * like  # slopes may broadcast (linear devices)
+        return torch.maximum(up, down) if isinstance(up, torch.Tensor) else np.maximum(up, down)
 
     @abstractmethod
     def parameters(self, conductances: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -1201,16 +1264,40 @@ class ElementwiseDevices(ABC):
 
     @abstractmethod
     def currents(
-        self, volts: np.ndarray, prepared: Sequence[np.ndarray], slope: bool
+        self, volts: np.ndarray, prepared: Sequence[np.ndarray], slope: bool, out: Any = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """I in A and, if slope, dI/dV in S at device voltages volts in V; the prepared
-        parameters broadcast against volts (any layout, the same for all)."""
+        parameters broadcast against volts (any layout, the same for all). out: arrays shaped
+        like volts to hold I and, if slope, dI/dV (saves allocations), or None."""
 
     @abstractmethod
     def partials(
-        self, volts: np.ndarray, prepared: Sequence[np.ndarray], flow: np.ndarray
+        self, volts: np.ndarray, prepared: Sequence[np.ndarray], flow: np.ndarray, out: Any = None
     ) -> tuple[np.ndarray, ...]:
-        """dI/dp per parameter (shaped like volts) at volts, where the current is flow."""
+        """dI/dp per parameter (shaped like volts) at volts, where the current is flow; out: a
+        spare array like volts that one of them may be written into, or None."""
+
+
+class _LinearDevices(ElementwiseDevices):
+    """Linear devices: the parameter is the conductance G in S; I = G V, dI/dV = G, dI/dG = V."""
+
+    def parameters(self, conductances: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (conductances,)
+
+    def currents(self, volts, prepared, slope, out=None):
+        (g,) = prepared
+        if out is None:
+            return volts * g, (g if slope else None)
+        flow = out[0]
+        flow[...] = volts
+        flow *= g
+        return flow, (g if slope else None)
+
+    def partials(self, volts, prepared, flow, out=None):
+        return (volts,)
+
+
+_LINEAR_DEVICES = _LinearDevices()
 
 
 def _node_layout(array: np.ndarray) -> np.ndarray:

@@ -23,7 +23,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from simulation.circuit import CrossbarLines, ElementwiseDevices, crossbar_currents
+from simulation.circuit import (
+    CrossbarLines,
+    ElementwiseDevices,
+    abs_,
+    crossbar_currents,
+    exp_,
+    sqrt_,
+)
 from simulation.config import (
     ConfigError,
     ConfigIdentity,
@@ -219,22 +226,41 @@ class _PooleFrenkelTiles(ElementwiseDevices):
 
     def prepare(self, params):
         log_c, beta = params
-        return np.exp(log_c), beta
+        return exp_(_copy(log_c)), beta
 
-    def currents(self, volts, prepared, slope):
+    def currents(self, volts, prepared, slope, out=None):
         c, beta = prepared
-        x = np.sqrt(np.abs(volts)) * beta  # volts may be smaller than the parameters (broadcast)
-        scaled = np.exp(x)
-        scaled *= c  # I / V
-        flow = volts * scaled
+        x = sqrt_(abs(volts) if out is None else abs_(volts, out=out[-1]))
+        if x.shape == beta.shape or out is not None:
+            x *= beta
+        else:
+            x = x * beta  # volts may be smaller than the parameters (broadcast)
         if not slope:
+            flow = exp_(x)
+            flow *= c
+            flow *= volts
             return flow, None
+        if out is None:
+            scaled = exp_(_copy(x))
+        else:
+            scaled = out[0]
+            scaled[...] = x
+            exp_(scaled)
+        scaled *= c  # I / V
         x *= 0.5
         x += 1.0
-        x *= scaled
-        return flow, x
+        x *= scaled  # the slope c e^x (1 + x / 2)
+        if out is None:
+            return scaled * volts, x
+        scaled *= volts
+        return scaled, x
 
-    def partials(self, volts, prepared, flow):
-        root = np.sqrt(np.abs(volts))
+    def partials(self, volts, prepared, flow, out=None):
+        root = sqrt_(abs(volts) if out is None else abs_(volts, out=out))
         root *= flow
         return flow, root
+
+
+def _copy(array):
+    """A copy of a numpy array or a torch tensor."""
+    return array.copy() if isinstance(array, np.ndarray) else array.clone()

@@ -1,0 +1,221 @@
+"""Crossbars whose devices are weak beside their lines, solved by fixed-point iteration (torch).
+
+With every word line driven and every bit line sensed at a virtual ground (the geometry of
+`simulation.circuit`), the device voltages v (rows, cols) of one array and input obey
+
+    v = V - W I(v),
+
+V the applied word-line voltages (broadcast along each row) and W I the IR drop: the word-line
+drop from the driver to each cell plus the bit-line rise from each cell's node to the sense node,
+both linear in the device currents I. W is the sum of one symmetric matrix per word line
+(entry (j, l): the resistance that cells j and l share on the way to the driver, the running sum
+of the segment resistances up to min(j, l)) and one per bit line (the shared way to the sense
+node); a line of zero segment resistance behind a driver or sense resistance shares all of it.
+W is symmetric positive semi-definite, so for devices with slopes 0 <= dI/dV <= s the iteration
+
+    v <- V - W I(v),     from v = V (ideal lines),
+
+contracts in the largest-element norm with rate at most rho = max(W s) (W has no negative
+entries; s per device at the largest applied |V|, where passive devices' slopes peak) and stops
+with an error of at most moved * rho / (1 - rho). High-R SiOx on 128 x 64 tiles with 0.35 /
+0.32 Ohm segments has rho ~ 0.01-0.05: two or three iterations, each one evaluation of the
+devices and one batched matrix product per line type, in the inputs' dtype (float32 training is
+solved in float32). Gradients by the adjoint method: mu = (1 + W D)^-1 h for the outputs'
+gradient h and the slopes D at the solution, by the same iteration. `DropSolver.rate_bound`
+tells whether it applies; `simulation.circuit.crossbar_currents` uses it when rho <=
+`RATE_LIMIT` and its nodal solvers otherwise (strong devices, as low-R SiOx, need Newton on the
+nodal system).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from simulation.circuit import CrossbarLines
+
+RATE_LIMIT = 0.1
+"""Largest contraction bound rho for which the fixed point is used (about ten iterations to
+1e-10 in float64); beyond it Gauss-Seidel or the direct solver is faster."""
+
+_ROUNDING = {torch.float32: 2.0**-19, torch.float64: 2.0**-46}
+"""Relative accuracy the iteration is asked for at most, per dtype (16 and 128 units in the
+last place: float32 solves are float32-accurate, about 2e-6 of the largest value)."""
+
+
+class DropSolver:
+    """The IR-drop operator W of `lines` (see the module docstring) as dense per-line matrices
+    in Ohm, shared by every tile, vector and call."""
+
+    def __init__(self, lines: CrossbarLines) -> None:
+        self.lines = lines
+        rows, cols = lines.rows, lines.cols
+        self.word: np.ndarray | None = None  # (1 or rows, cols, cols), or (rows,) in node mode
+        self.bit: np.ndarray | None = None  # (1 or cols, rows, rows), or (cols,) in node mode
+        if lines.word_mode == "segment":
+            shared = np.cumsum(1.0 / lines.word_g, axis=1)  # resistance from driver to cell
+            index = np.minimum.outer(np.arange(cols), np.arange(cols))
+            self.word = _distinct(shared[:, index])  # (rows, cols, cols)
+        elif lines.word_mode == "node":
+            self.word = 1.0 / lines.word_g
+        if lines.bit_mode == "segment":
+            shared = np.cumsum((1.0 / lines.bit_g)[::-1], axis=0)[::-1]  # from cell to sense
+            index = np.maximum.outer(np.arange(rows), np.arange(rows))
+            self.bit = _distinct(np.moveaxis(shared[index], -1, 0))  # (cols, rows, rows)
+        elif lines.bit_mode == "node":
+            self.bit = 1.0 / lines.bit_g
+        self._tensors: dict[torch.dtype, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self.last_iterations = 0
+        """Iterations of the last forward solve."""
+
+    def rate_bound(self, slopes: torch.Tensor) -> float:
+        """Bound on the contraction rate, in the largest-element norm, of the iteration for
+        devices whose slopes dI/dV (t, rows, cols) in S never exceed `slopes`: the largest row
+        sum of W D, max(W slopes) (W has no negative entries)."""
+        zero = slopes.new_zeros(())
+        return -float(self.subtract_drops(zero, slopes).min()) if slopes.numel() else 0.0
+
+    def subtract_drops(
+        self, base: torch.Tensor, flow: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """base - W I in V: base broadcast to the device currents flow (..., rows, cols) in A,
+        into out (contiguous, like flow) or a new tensor. The usual case, one word-line and one
+        bit-line matrix for all lines, is two matrix products accumulated in place."""
+        word, bit = self._matrices(flow.dtype)
+        rows, cols = flow.shape[-2:]
+        if out is None:
+            result = torch.empty_like(flow, memory_format=torch.contiguous_format)
+        else:
+            result = out
+        result.copy_(base.expand(flow.shape))
+        flat = flow.reshape(-1, rows, cols)
+        if word is None:
+            pass
+        elif self.lines.word_mode == "node":
+            result -= word[:, None] * flow.sum(dim=-1, keepdim=True)
+        elif word.shape[0] == 1:
+            result.view(-1, cols).addmm_(flat.view(-1, cols), word[0], alpha=-1)
+        else:
+            result -= torch.einsum("...il,ijl->...ij", flow, word)
+        if bit is None:
+            pass
+        elif self.lines.bit_mode == "node":
+            result -= bit * flow.sum(dim=-2, keepdim=True)
+        elif bit.shape[0] == 1:
+            shared = bit[0].expand(flat.shape[0], rows, rows)
+            result.view(-1, rows, cols).baddbmm_(shared, flat, alpha=-1)
+        else:
+            result -= torch.einsum("...lj,jil->...ij", flow, bit)
+        return result
+
+    def _matrices(self, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if dtype not in self._tensors:
+            self._tensors[dtype] = tuple(  # type: ignore[assignment]
+                None if m is None else torch.from_numpy(np.ascontiguousarray(m)).to(dtype)
+                for m in (self.word, self.bit)
+            )
+        return self._tensors[dtype]
+
+
+def _largest(x: torch.Tensor) -> float:
+    """Largest |element| (0 when empty), without a temporary array."""
+    if not x.numel():
+        return 0.0
+    low, high = torch.aminmax(x)
+    return max(float(high), -float(low))
+
+
+def _distinct(matrices: np.ndarray) -> np.ndarray:
+    """A stack of per-line matrices, collapsed to one when all lines share it."""
+    return matrices[:1] if np.all(matrices == matrices[:1]) else matrices
+
+
+def iterate(
+    step: Any,
+    start: torch.Tensor,
+    rate: float,
+    tolerance: float,
+    scale: float,
+    max_iterations: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """x <- step(x, out) from start until the error bound moved * rate / (1 - rate) is at most
+    tolerance times scale (or the dtype's rounding level). step writes the new x into out (a
+    spare array like x, not aliasing it); the two arrays take turns. Returns x and the spare
+    array (free for other use)."""
+    floor = _ROUNDING.get(start.dtype, 2.0**-46)
+    limit = max(tolerance, floor) * scale
+    x, spare = start, torch.empty_like(start)
+    for iteration in range(1, max_iterations + 1):
+        new = step(x, spare)
+        moved = _largest(x.sub_(new))
+        x, spare = new, x
+        if moved * rate / (1 - rate) <= limit or moved <= floor * scale:
+            return x, spare, iteration
+    raise RuntimeError(
+        f"crossbar_currents: the IR-drop iteration did not converge in {max_iterations} "
+        f"iterations (rate bound {rate:.3g})"
+    )
+
+
+class DropCrossbar(torch.autograd.Function):
+    """Output currents (B, t, cols) in A and device power (B,) in W of t arrays with applied
+    voltages (B, t, rows) in V and `ElementwiseDevices` parameters (t, rows, cols), by the
+    fixed-point iteration; inputs: voltages, solver, devices, rate, tolerance, max_iterations,
+    *params. Stops at tolerance times the largest |applied voltage| (forward) or |output
+    gradient| (backward). The parameters' gradient is the adjoint-weighted dI/dp, summed over
+    the vectors."""
+
+    @staticmethod
+    def forward(ctx, voltages, solver, devices, rate, tolerance, max_iterations, *params):  # type: ignore[override]
+        dtype = voltages.dtype if voltages.dtype in _ROUNDING else torch.float64
+        prepared = devices.prepare([p.detach().to(dtype) for p in params])
+        applied = voltages.detach().to(dtype)[..., None]  # (B, t, rows, 1)
+        shape = (*applied.shape[:-1], solver.lines.cols)
+        start = applied.expand(shape).clone(memory_format=torch.contiguous_format)
+
+        work = torch.empty_like(start)
+
+        def step(volts: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            flow, _ = devices.currents(volts, prepared, False, out=(work,))
+            return solver.subtract_drops(applied, flow, out=out)
+
+        volts, spare, solver.last_iterations = iterate(
+            step, start, rate, tolerance, _largest(applied), max_iterations
+        )
+        flow, stamps = devices.currents(volts, prepared, True, out=(work, spare))
+        out = flow.sum(dim=-2)
+        power = torch.linalg.vecdot(volts.flatten(1), flow.flatten(1))  # V I >= 0: passive
+        ctx.save_for_backward(volts, flow, stamps)
+        ctx.solver, ctx.devices, ctx.prepared = solver, devices, prepared
+        ctx.rate, ctx.tolerance, ctx.max_iterations = rate, tolerance, max_iterations
+        ctx.mark_non_differentiable(power)
+        return out.to(voltages.dtype), power.to(voltages.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
+        volts, flow, stamps = ctx.saved_tensors
+        h = grad_out.to(volts.dtype)[:, :, None, :]
+        start = h.expand(volts.shape).clone(memory_format=torch.contiguous_format)
+        work = torch.empty_like(start)
+
+        def step(m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            return ctx.solver.subtract_drops(h, torch.mul(m, stamps, out=work), out=out)
+
+        # mu = h - W D mu: the transposed Newton system at the solution (W is symmetric).
+        mu, spare, _ = iterate(
+            step, start, ctx.rate, ctx.tolerance, _largest(h), ctx.max_iterations
+        )
+        need_v, grads = ctx.needs_input_grad[0], [None] * (len(ctx.needs_input_grad) - 6)
+        grad_v = torch.linalg.vecdot(stamps, mu).to(grad_out) if need_v else None
+        if any(ctx.needs_input_grad[6:]):
+            partials: Sequence[torch.Tensor] = ctx.devices.partials(
+                volts, ctx.prepared, flow, out=spare
+            )
+            for k, partial in enumerate(partials):
+                if ctx.needs_input_grad[6 + k]:
+                    grads[k] = torch.mul(mu, partial, out=work).sum(dim=0).to(grad_out)
+        return (grad_v, None, None, None, None, None, *grads)
