@@ -26,11 +26,14 @@ Methods: with resistance on both line types (the usual case) `SweepSystem` solve
 Gauss-Seidel, exact tridiagonal solves of all word lines given the bit lines and vice versa, which
 converges in a few sweeps for devices weak relative to the lines (high-R arrays); otherwise, or
 when it would need many sweeps, the direct block factorisation `CrossbarSystem` (rows * cols^3).
-`solve_lines` still uses its own scipy-sparse network (floating lines).
+`solve_lines` runs the same solvers per pattern of floating lines (a floating line's terminal is
+disconnected); `simulation.line_drops` adds a fixed-point path for differentiable solves of weak
+devices.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -399,11 +402,17 @@ def _banded_solve(banded: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return scipy.linalg.solveh_banded(banded, rhs, check_finite=False)
 
 
+@functools.cache
+def _upper_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the strict upper triangle of an n x n matrix."""
+    return np.triu_indices(n, 1)
+
+
 def _spd_inverse(z: np.ndarray) -> np.ndarray:
     """Inverses of symmetric positive definite matrices z (t, n, n) by Cholesky (LAPACK potrf and
     potri: half the work of an LU inverse); LU where Cholesky fails (rounding at extreme scales)."""
     out = np.empty_like(z)
-    upper = np.triu_indices(z.shape[-1], 1)
+    upper = _upper_triangle(z.shape[-1])
     for k in range(z.shape[0]):
         factor, info = scipy.linalg.lapack.dpotrf(z[k], lower=0, clean=0)
         if info == 0:
@@ -621,8 +630,17 @@ def _largest(array: np.ndarray) -> float:
 # -- forward model: sources, outputs, device voltages --------------------------------------------
 
 
-def _sources(lines: CrossbarLines, g: np.ndarray, v: np.ndarray):
-    """Injected currents (r_u, r_b) of applied voltages v (B, t, rows) for stamps g."""
+def _sources(lines: CrossbarLines, g: np.ndarray, v: np.ndarray, vb: np.ndarray | None = None):
+    """Injected currents (r_u, r_b) of applied voltages v (B, t, rows) for stamps g, and of bit
+    terminal voltages vb (B, t, cols) (None: grounded; only with segment or node bit lines)."""
+    if vb is not None:
+        r_u, _ = _sources(lines, g, v)
+        if lines.bit_mode == "segment":
+            r_b = np.zeros((*v.shape[:-1], lines.rows, lines.cols))
+            r_b[..., -1, :] = lines.bit_g[-1] * vb
+        else:
+            r_b = lines.bit_g * vb
+        return r_u, r_b
     if lines.word_mode == "segment":
         r_u = np.zeros((*v.shape, lines.cols))
         r_u[..., 0] = lines.word_g[:, 0] * v
@@ -912,35 +930,43 @@ def _newton_nodes(
     max_iterations: int,
     both: Callable[[np.ndarray], tuple[Any, ...]] | None = None,
     sweep: bool = True,
+    vb: np.ndarray | None = None,
+    probe: np.ndarray | None = None,
 ):
     """Node voltages (u, b) of nonlinear devices by Newton's method with a Jacobian shared by the
     batch (a chord method; refactorised at the batch's mean device voltages when a step shrinks
     by less than 4x). Returns u, b, iterations, the last factorised system and, from the
     Gauss-Seidel path, what `both` returned at the last iterate (else None). sweep=False skips
-    the Gauss-Seidel attempt (known to be too slow)."""
+    the Gauss-Seidel attempt (known to be too slow). vb (B, t, cols): bit terminal voltages
+    (None: grounded); then every node is kept within the applied voltages' range (a passive
+    network's bounds: damps overshoot of strongly nonlinear devices). probe (t, rows, cols):
+    device voltages of the first linearisation (default: each row's batch RMS voltage)."""
     if lines.ideal:
         return None, None, 0, None, None
     if sweep and _sweepable(lines):
         try:
             if both is None:
                 both = lambda volts: (current(volts), slope(volts))  # noqa: E731
-            return _newton_sweep(lines, v, both, tolerance, max_iterations)
+            return _newton_sweep(lines, v, both, tolerance, max_iterations, vb)
         except _SlowConvergence:
             pass
-    scale = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
-    # First guess: linear devices with the slopes at the applied voltages' batch RMS per row.
-    rms = np.sqrt(np.mean(v * v, axis=0))  # (t, rows)
-    probe = np.broadcast_to(rms[None, :, :, None], (1, *g0.shape)).copy()
-    system = CrossbarSystem(lines, np.maximum(slope(probe)[0], 0.0))
-    r_u0, r_b0 = _sources(lines, system.g, v)
+    scale = max(_largest(v), 0.0 if vb is None else _largest(vb), 1e-300)
+    if probe is None:  # slopes at the applied voltages' batch RMS per row
+        rms = np.sqrt(np.mean(v * v, axis=0))  # (t, rows)
+        probe = np.broadcast_to(rms[:, :, None], g0.shape)
+    system = CrossbarSystem(lines, np.maximum(slope(probe[None].copy())[0], 0.0))
+    r_u0, r_b0 = _sources(lines, system.g, v, vb)
     u, b = system.solve(r_u0, r_b0) if (r_u0 is not None or r_b0 is not None) else (None, None)
+    clip = _node_clip(v, vb) if vb is not None else None
     previous = np.inf
     for iteration in range(1, max_iterations + 1):
         wc, bc = _cells(lines, v, u, b)
         volts = wc - bc
         flow = current(volts)
-        res_u, res_b = _residual(lines, v, u, b, flow)
+        res_u, res_b = _residual(lines, v, u, b, flow, vb)
         du, db = system.solve(None if res_u is None else -res_u, None if res_b is None else -res_b)
+        if clip is not None:
+            du, db = clip(u, du), clip(b, db)
         if u is not None:
             u = u + du
         if b is not None:
@@ -960,28 +986,52 @@ def _newton_nodes(
     )
 
 
+def _node_clip(v: np.ndarray, vb: np.ndarray) -> Callable[[Any, Any], Any]:
+    """step(x, dx) -> dx limited so that x + dx stays within each configuration's range of
+    applied voltages (0 V included) and moves at most half that span."""
+    low = np.minimum(np.minimum(v.min(axis=-1), vb.min(axis=-1)), 0.0)  # (B, t)
+    high = np.maximum(np.maximum(v.max(axis=-1), vb.max(axis=-1)), 0.0)
+    half = 0.5 * (high - low)
+
+    def clip(x, dx):
+        if x is None:
+            return dx
+        pad = (slice(None), slice(None)) + (None,) * (x.ndim - 2)
+        dx = np.clip(dx, -half[pad], half[pad])
+        return np.clip(x + dx, low[pad], high[pad]) - x
+
+    return clip
+
+
 def _newton_sweep(
     lines: CrossbarLines,
     v: np.ndarray,
     both: Callable[[np.ndarray], tuple[Any, ...]],
     tolerance: float,
     max_iterations: int,
+    vb: np.ndarray | None = None,
 ):
     """Newton's method with each vector's own Jacobian, solved by Gauss-Seidel (`SweepSystem`),
     from the ideal-line voltages; `both` gives device currents (A) and slopes (S) of device
     voltages (and may return more). Returns u, b (B, t, rows, cols) in V, iterations, the last
     system and the last evaluation of `both` (one step, at most `tolerance`, before the solution).
     Raises `_SlowConvergence` when the devices are too strong for Gauss-Seidel."""
-    scale = max(float(np.max(np.abs(v))) if v.size else 0.0, 1e-300)
+    scale = max(_largest(v), 0.0 if vb is None else _largest(vb), 1e-300)
     u = np.repeat(v[..., None], lines.cols, axis=-1)
     b = np.zeros_like(u)
+    clip = None
+    if vb is not None:
+        b += vb[:, :, None, :]
+        clip = _node_clip(v, vb)
     for iteration in range(1, max_iterations + 1):
         volts = u - b
         evaluation = both(volts)
         flow, stamps = evaluation[:2]
-        res_u, res_b = _residual(lines, v, u, b, flow)
+        res_u, res_b = _residual(lines, v, u, b, flow, vb)
         system = SweepSystem(lines, np.maximum(stamps, 0.0))
         du, db = system.solve(-res_u, -res_b)
+        if clip is not None:
+            du, db = clip(u, du), clip(b, db)
         u += du
         b += db
         moved = max(float(np.max(np.abs(du))), float(np.max(np.abs(db))))
@@ -992,8 +1042,9 @@ def _newton_sweep(
     )
 
 
-def _residual(lines: CrossbarLines, v: np.ndarray, u, b, flow: np.ndarray):
-    """Kirchhoff residuals (current leaving each unknown node) for device currents flow."""
+def _residual(lines: CrossbarLines, v: np.ndarray, u, b, flow: np.ndarray, vb=None):
+    """Kirchhoff residuals (current leaving each unknown node) for device currents flow; vb
+    (B, t, cols): bit terminal voltages (None: grounded)."""
     res_u = res_b = None
     if lines.word_mode == "segment":
         seg = lines.word_g
@@ -1004,11 +1055,12 @@ def _residual(lines: CrossbarLines, v: np.ndarray, u, b, flow: np.ndarray):
         res_u = (lines.word_g * (u[..., 0] - v))[..., None] + flow.sum(axis=-1, keepdims=True)
     if lines.bit_mode == "segment":
         e = lines.bit_g
-        below = np.concatenate([b[:, :, 1:], np.zeros_like(b[:, :, :1])], axis=2)
+        ground = np.zeros_like(b[:, :, :1]) if vb is None else vb[:, :, None, :]
+        below = np.concatenate([b[:, :, 1:], np.broadcast_to(ground, b[:, :, :1].shape)], axis=2)
         res_b = e * (b - below) - flow
         res_b[:, :, 1:] += e[:-1] * (b[:, :, 1:] - b[:, :, :-1])
     elif lines.bit_mode == "node":
-        res_b = lines.bit_g * b - flow.sum(axis=2)
+        res_b = lines.bit_g * (b if vb is None else b - vb) - flow.sum(axis=2)
     return res_u, res_b
 
 
@@ -1568,10 +1620,9 @@ def solve_lines(
             max_iterations,
         )  # fmt: skip
     else:
-        network = _Network(rows, cols, float(r_word), float(r_bit))
-        solution = network.solve(
-            words, bits, conductances, current, slope, return_device_voltages, tolerance,
-            max_iterations,
+        solution = _solve_with_lines(
+            words, bits, conductances, current, slope, float(r_word), float(r_bit),
+            return_device_voltages, tolerance, max_iterations,
         )  # fmt: skip
     solution.word_currents[isolated_w] = 0.0
     solution.bit_currents[isolated_b] = 0.0
@@ -1742,212 +1793,92 @@ def _collapsed_newton(
     )
 
 
-_ORDERING = "MMD_AT_PLUS_A"
-"""SuperLU column ordering: minimum degree on A + A^T suits these symmetric nodal matrices (about
-25 % less fill than COLAMD on a 128x64 array with line resistance)."""
+# -- solve_lines with line resistance: the nodal solvers above, per pattern of floating lines ----
+
+_TERMINAL_G = 1e30
+"""Terminal conductance in S that stands for a driven line of zero resistance ("node" mode): its
+node sits at the applied voltage to within about 1e-30 relative."""
 
 
-class _Network:
-    """Node numbering and constant stamps of a crossbar with line resistance (sparse path)."""
+def _pattern_lines(
+    shape: tuple[int, int], r_word: float, r_bit: float, float_w: np.ndarray, float_b: np.ndarray
+) -> CrossbarLines:
+    """The lines of one pattern of floating lines: a floating line's terminal is disconnected
+    (conductance 0); a line type without resistance is one node per line."""
+    rows, cols = shape
+    if r_word > 0:
+        word_mode, word_g = "segment", np.full(shape, 1.0 / r_word)
+        word_g[float_w, 0] = 0.0
+    else:
+        word_mode, word_g = "node", np.where(float_w, 0.0, _TERMINAL_G)
+    if r_bit > 0:
+        bit_mode, bit_g = "segment", np.full(shape, 1.0 / r_bit)
+        bit_g[-1, float_b] = 0.0
+    else:
+        bit_mode, bit_g = "node", np.where(float_b, 0.0, _TERMINAL_G)
+    return CrossbarLines(rows, cols, word_mode, bit_mode, word_g, bit_g)
 
-    def __init__(self, rows: int, cols: int, r_word: float, r_bit: float) -> None:
-        self.rows, self.cols = rows, cols
-        self.r_word, self.r_bit = r_word, r_bit
-        cell_i, cell_j = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-        if r_word > 0:
-            self.word_node = (cell_i * cols + cell_j).ravel()
-            self.n_word = rows * cols
-            self.word_terminal = np.arange(rows) * cols  # node of cell (i, 0)
+
+def _solve_with_lines(
+    words: np.ndarray,
+    bits: np.ndarray,
+    conductances: np.ndarray | None,
+    current: DeviceFunction | None,
+    slope: DeviceFunction | None,
+    r_word: float,
+    r_bit: float,
+    with_voltages: bool,
+    tolerance: float,
+    max_iterations: int,
+) -> LineSolution:
+    """`solve_lines` with line resistance: per pattern of floating lines, the Gauss-Seidel or
+    direct nodal solvers of `solve_crossbar` (bit lines driven at their terminal voltages)."""
+    n, rows = words.shape
+    cols = bits.shape[1]
+    word_out, bit_out = np.zeros((n, rows)), np.zeros((n, cols))
+    device = np.empty((n, rows, cols)) if with_voltages else None
+    floating = np.concatenate([np.isnan(words), np.isnan(bits)], axis=1)
+    patterns, inverse = np.unique(floating, axis=0, return_inverse=True)
+    iterations, sweep = 0, True  # once Gauss-Seidel is too slow, the devices are too strong
+    for index, pattern in enumerate(patterns):
+        members = np.flatnonzero(inverse.ravel() == index)
+        lines = _pattern_lines((rows, cols), r_word, r_bit, pattern[:rows], pattern[rows:])
+        v = np.nan_to_num(words[members])[:, None, :]  # (m, 1, rows)
+        vb = np.nan_to_num(bits[members])[:, None, :]  # (m, 1, cols)
+        if conductances is not None:
+            g = conductances[None]
+            r_u, r_b = _sources(lines, g, v, vb)
+            u = b = None
+            if sweep and _sweepable(lines):
+                try:
+                    u, b = SweepSystem(lines, g).solve(r_u, r_b)
+                except _SlowConvergence:
+                    sweep = False
+            if u is None:
+                u, b = CrossbarSystem(lines, g).solve(r_u, r_b)
         else:
-            self.word_node = cell_i.ravel().copy()
-            self.n_word = rows
-            self.word_terminal = np.arange(rows)
-        if r_bit > 0:
-            self.bit_node = self.n_word + (cell_i * cols + cell_j).ravel()
-            self.bit_terminal = self.n_word + (rows - 1) * cols + np.arange(cols)
-            self.size = self.n_word + rows * cols
+            # First linearisation at half the group's widest span of applied voltages.
+            half = 0.5 * float(np.max(_span(words[members], bits[members])[2]))
+            u, b, used, system, _ = _newton_nodes(
+                lines, np.zeros((1, rows, cols)), v, _tile_function(current),
+                _tile_function(slope), tolerance, max_iterations, sweep=sweep, vb=vb,
+                probe=np.full((1, rows, cols), max(half, 1e-3)),
+            )  # fmt: skip
+            sweep = sweep and isinstance(system, SweepSystem)
+            iterations = max(iterations, used)
+        wc, bc = _cells(lines, v, u, b)
+        volts = (wc - bc)[:, 0]
+        flow = volts * conductances if conductances is not None else current(volts)
+        if lines.word_mode == "segment":
+            word_out[members] = lines.word_g[:, 0] * (v[:, 0] - u[:, 0, :, 0])
         else:
-            self.bit_node = self.n_word + cell_j.ravel()
-            self.bit_terminal = self.n_word + np.arange(cols)
-            self.size = self.n_word + cols
-        seg_a, seg_b, seg_g = [], [], []
-        if r_word > 0:
-            grid = self.word_node.reshape(rows, cols)
-            seg_a.append(grid[:, :-1].ravel())
-            seg_b.append(grid[:, 1:].ravel())
-            seg_g.append(np.full(rows * (cols - 1), 1.0 / r_word))
-        if r_bit > 0:
-            grid = self.bit_node.reshape(rows, cols)
-            seg_a.append(grid[:-1, :].ravel())
-            seg_b.append(grid[1:, :].ravel())
-            seg_g.append(np.full((rows - 1) * cols, 1.0 / r_bit))
-        a = np.concatenate(seg_a) if seg_a else np.zeros(0, dtype=int)
-        b = np.concatenate(seg_b) if seg_b else np.zeros(0, dtype=int)
-        g = np.concatenate(seg_g) if seg_g else np.zeros(0)
-        self.segments = scipy.sparse.coo_matrix(
-            (np.concatenate([g, g, -g, -g]), (np.concatenate([a, b, a, b]),
-             np.concatenate([a, b, b, a]))), shape=(self.size, self.size),
-        ).tocsr()  # fmt: skip
-        self._pattern_rows = np.concatenate(
-            [self.word_node, self.bit_node, self.word_node, self.bit_node]
-        )
-        self._pattern_cols = np.concatenate(
-            [self.word_node, self.bit_node, self.bit_node, self.word_node]
-        )
-
-    def _terminals(
-        self, words: np.ndarray, bits: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """For one configuration: terminal conductance stamps (size,), injected currents (size,),
-        fixed-node mask (size,) and fixed-node voltages (size,)."""
-        stamp, inject = np.zeros(self.size), np.zeros(self.size)
-        fixed, values = np.zeros(self.size, dtype=bool), np.zeros(self.size)
-        for volts, terminal, r in (
-            (words, self.word_terminal, self.r_word),
-            (bits, self.bit_terminal, self.r_bit),
-        ):
-            driven = ~np.isnan(volts)
-            if r > 0:
-                stamp[terminal[driven]] += 1.0 / r
-                inject[terminal[driven]] += volts[driven] / r
-            else:
-                fixed[terminal[driven]] = True
-                values[terminal[driven]] = volts[driven]
-        return stamp, inject, fixed, values
-
-    def _matrix(self, g: np.ndarray, stamp: np.ndarray) -> scipy.sparse.csr_matrix:
-        devices = scipy.sparse.coo_matrix(
-            (np.concatenate([g, g, -g, -g]), (self._pattern_rows, self._pattern_cols)),
-            shape=(self.size, self.size),
-        )
-        return (self.segments + devices + scipy.sparse.diags(stamp)).tocsr()
-
-    def _terminal_currents(
-        self,
-        words: np.ndarray,
-        bits: np.ndarray,
-        x: np.ndarray,
-        flow: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Terminal currents of one configuration from node voltages x (size,) and device
-        currents flow (rows, cols)."""
-        if self.r_word > 0:
-            word_out = (words - x[self.word_terminal]) / self.r_word
+            word_out[members] = flow.sum(axis=2)
+        if lines.bit_mode == "segment":
+            bit_out[members] = lines.bit_g[-1] * (vb[:, 0] - b[:, 0, -1])
         else:
-            word_out = flow.sum(axis=1)
-        if self.r_bit > 0:
-            bit_out = (bits - x[self.bit_terminal]) / self.r_bit
-        else:
-            bit_out = -flow.sum(axis=0)
-        return np.nan_to_num(word_out * ~np.isnan(words)), np.nan_to_num(bit_out * ~np.isnan(bits))
-
-    def solve(
-        self,
-        words: np.ndarray,
-        bits: np.ndarray,
-        conductances: np.ndarray | None,
-        current: DeviceFunction | None,
-        slope: DeviceFunction | None,
-        with_voltages: bool,
-        tolerance: float,
-        max_iterations: int,
-    ) -> LineSolution:
-        n = words.shape[0]
-        rows, cols = self.rows, self.cols
-        word_out, bit_out = np.zeros((n, rows)), np.zeros((n, cols))
-        device = np.empty((n, rows, cols)) if with_voltages else None
-        floating = np.concatenate([np.isnan(words), np.isnan(bits)], axis=1)
-        patterns, inverse = np.unique(floating, axis=0, return_inverse=True)
-        iterations = 0
-        for index in range(len(patterns)):
-            members = np.flatnonzero(inverse.ravel() == index)
-            if conductances is not None:
-                nodes = self._linear(words[members], bits[members], conductances)
-            else:
-                # One factorisation gives every member a linear first guess (chord conductances
-                # at half the group's widest span); Newton then refines each configuration.
-                half = 0.5 * float(np.max(_span(words[members], bits[members])[2]))
-                chord = _chord(current, np.array([half]), (rows, cols))[0]
-                nodes = self._linear(words[members], bits[members], chord)
-                for k, member in enumerate(members):
-                    used = self._newton(
-                        nodes[k], words[member], bits[member], current, slope, tolerance,
-                        max_iterations,
-                    )  # fmt: skip
-                    iterations = max(iterations, used)
-            for k, member in enumerate(members):
-                x = nodes[k]
-                volts = (x[self.word_node] - x[self.bit_node]).reshape(rows, cols)
-                flow = volts * conductances if conductances is not None else current(volts[None])[0]
-                word_out[member], bit_out[member] = self._terminal_currents(
-                    words[member], bits[member], x, flow
-                )
-                if device is not None:
-                    device[member] = volts
-        return LineSolution(device, word_out, bit_out, iterations)
-
-    def _linear(self, words: np.ndarray, bits: np.ndarray, conductances: np.ndarray) -> np.ndarray:
-        """Node voltages (m, size) of m configurations sharing one floating pattern: one splu."""
-        m = words.shape[0]
-        stamp, _, fixed, _ = self._terminals(words[0], bits[0])
-        matrix = self._matrix(conductances.ravel(), stamp)
-        unknown = np.flatnonzero(~fixed)
-        known = np.flatnonzero(fixed)
-        nodes = np.zeros((m, self.size))
-        rhs = np.empty((unknown.size, m))
-        for k in range(m):
-            _, inject, _, values = self._terminals(words[k], bits[k])
-            nodes[k, known] = values[known]
-            rhs[:, k] = inject[unknown]
-        if known.size:
-            rhs -= matrix[unknown][:, known] @ nodes[:, known].T
-        if unknown.size:
-            factor = scipy.sparse.linalg.splu(
-                matrix[unknown][:, unknown].tocsc(), permc_spec=_ORDERING
-            )
-            nodes[:, unknown] = factor.solve(rhs).T
-        return nodes
-
-    def _newton(
-        self,
-        x: np.ndarray,
-        words: np.ndarray,
-        bits: np.ndarray,
-        current: DeviceFunction,
-        slope: DeviceFunction,
-        tolerance: float,
-        max_iterations: int,
-    ) -> int:
-        """Refine node voltages x (size,) of one configuration in place; iterations used.
-
-        Newton with a reused factorisation: the Jacobian is factorised again only when the last
-        step shrank by less than 4x (near-linear reads converge on one factorisation)."""
-        rows, cols = self.rows, self.cols
-        stamp, inject, fixed, _ = self._terminals(words, bits)
-        low, high, span = (float(v[0]) for v in _span(words[None], bits[None]))
-        unknown = np.flatnonzero(~fixed)
-        if unknown.size == 0:
-            return 0
-        factor, previous = None, np.inf
-        for iteration in range(1, max_iterations + 1):
-            volts = (x[self.word_node] - x[self.bit_node]).reshape(1, rows, cols)
-            flow = current(volts).ravel()
-            residual = (self.segments @ x) + stamp * x - inject
-            residual += np.bincount(self.word_node, flow, self.size)
-            residual -= np.bincount(self.bit_node, flow, self.size)
-            if factor is None:
-                jacobian = self._matrix(slope(volts).ravel(), stamp)[unknown][:, unknown]
-                factor = scipy.sparse.linalg.splu(jacobian.tocsc(), permc_spec=_ORDERING)
-            delta = factor.solve(-residual[unknown])
-            delta = np.clip(delta, -0.5 * span, 0.5 * span)
-            updated = np.clip(x[unknown] + delta, low, high)
-            moved = float(np.max(np.abs(updated - x[unknown])))
-            x[unknown] = updated
-            if moved <= tolerance * span:
-                return iteration
-            if moved > 0.25 * previous:
-                factor = None
-            previous = moved
-        raise RuntimeError(
-            f"solve_lines: Newton's method did not converge in {max_iterations} iterations"
-        )
+            bit_out[members] = -flow.sum(axis=1)
+        if device is not None:
+            device[members] = volts
+    word_out[np.isnan(words)] = 0.0
+    bit_out[np.isnan(bits)] = 0.0
+    return LineSolution(device, word_out, bit_out, iterations)

@@ -112,9 +112,31 @@ def test_floating_lines_with_line_resistance_match_dense_solve() -> None:
     np.testing.assert_allclose(solution.device_voltages, devices, rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(solution.word_currents, word_out, rtol=1e-9, atol=1e-18)
     np.testing.assert_allclose(solution.bit_currents, bit_out, rtol=1e-9, atol=1e-18)
-    # Kirchhoff: what flows in flows out.
+    # Kirchhoff: what flows in flows out (to the iterative solvers' 1e-13 of node voltages).
     total = solution.word_currents.sum(axis=1) + solution.bit_currents.sum(axis=1)
-    np.testing.assert_allclose(total, 0.0, atol=1e-15)
+    np.testing.assert_allclose(total, 0.0, atol=1e-11 * np.abs(word_out).max())
+
+
+@pytest.mark.parametrize(("r_word", "r_bit"), [(0.0, 2.0), (3.0, 0.0)])
+def test_floating_lines_with_one_ideal_line_type_match_the_limit(r_word: float, r_bit: float):
+    """A line type without resistance is one node per line (driven, or floating); the dense
+    reference approaches it with 1e-6 Ohm segments (the old sparse solver agreed to 1e-15)."""
+    rng = np.random.default_rng(9)
+    conductances = rng.uniform(1e-3, 1e-2, (4, 5))
+    words = rng.uniform(-0.3, 0.3, (4, 4))
+    bits = rng.uniform(-0.1, 0.1, (4, 5))
+    words[0, 1] = np.nan
+    bits[1, [0, 3]] = np.nan
+    words[2, 2:] = np.nan
+    bits[2, 4] = np.nan
+    solution = solve_lines(words, bits, conductances, r_word, r_bit)
+    devices, word_out, bit_out = dense_reference(
+        words, bits, conductances, max(r_word, 1e-6), max(r_bit, 1e-6)
+    )
+    # 1e-6 Ohm carrying ~10 mA: the reference is ~1e-8 V off the limit.
+    np.testing.assert_allclose(solution.device_voltages, devices, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(solution.word_currents, word_out, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(solution.bit_currents, bit_out, rtol=1e-5, atol=1e-9)
 
 
 def test_classic_sneak_path_reads_high_with_floating_lines() -> None:
@@ -177,15 +199,16 @@ def test_newton_with_linear_callables_equals_the_linear_solve(resistance: float)
     )
 
 
-@pytest.mark.parametrize("resistance", [0.0, 5.0])
-def test_nonlinear_solution_satisfies_kirchhoff(resistance: float) -> None:
+@pytest.mark.parametrize("resistances", [(0.0, 0.0), (5.0, 5.0), (0.0, 5.0), (5.0, 0.0)])
+def test_nonlinear_solution_satisfies_kirchhoff(resistances: tuple[float, float]) -> None:
+    resistance = max(resistances)
     rng = np.random.default_rng(4)
     conductances = rng.uniform(2e-4, 2e-3, (4, 6))
     beta = rng.uniform(1.0, 3.0, (4, 6))
     current, slope = poole_frenkel_like(conductances, beta)
     words = np.array([[1.2, np.nan, np.nan, 0.6], [0.1, np.nan, 0.05, np.nan]])
     bits = np.array([[0.0, np.nan, 0.6, np.nan, np.nan, 0.6], [0.0] * 3 + [np.nan] * 3])
-    solution = solve_lines(words, bits, None, resistance, resistance, current=current, slope=slope)
+    solution = solve_lines(words, bits, None, *resistances, current=current, slope=slope)
     assert 1 <= solution.iterations < 30
     flows = current(solution.device_voltages)
     for k in range(2):
