@@ -48,7 +48,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 import torch
 
-from simulation.line_drops import RATE_LIMIT, DropCrossbar, DropSolver
+from simulation.line_drops import DTYPE_ACCURACY, RATE_LIMIT, DropCrossbar, DropSolver
 
 DeviceFunction = Callable[[np.ndarray], np.ndarray]
 """Per-device function of device voltages (..., rows, cols) in V -> (..., rows, cols): the device
@@ -1449,6 +1449,8 @@ class _ElementwiseCrossbar(torch.autograd.Function):
     @staticmethod
     def forward(ctx, voltages, lines, devices, tolerance, max_iterations, *params):  # type: ignore[override]
         v = _numpy(voltages)
+        tolerance = max(tolerance, DTYPE_ACCURACY.get(voltages.dtype, 0.0))
+        ctx.tolerance = tolerance
         prepared = devices.prepare([_numpy(p) for p in params])
         ctx.lines, ctx.devices = lines, devices
         ctx.sweep = None
@@ -1504,7 +1506,9 @@ class _ElementwiseCrossbar(torch.autograd.Function):
             if system is None:  # ideal lines
                 lam_u = lam_b = None
             else:
-                lam_u, lam_b = _adjoint_solve(system, stamps, h_u, h_b, ctx.max_iterations)
+                lam_u, lam_b = _adjoint_solve(
+                    system, stamps, h_u, h_b, ctx.max_iterations, ctx.tolerance
+                )
             diff = _adjoint_cells(lines, lam_u, lam_b, gy, volts.shape)
             weights = -diff
             sum_axis, to_params = 0, (0, 1, 2)
@@ -1538,11 +1542,16 @@ def _solve_any(
 
 
 def _adjoint_solve(
-    system: CrossbarSystem, stamps: np.ndarray, h_u, h_b, max_iterations: int
+    system: CrossbarSystem,
+    stamps: np.ndarray,
+    h_u,
+    h_b,
+    max_iterations: int,
+    tolerance: float = 1e-13,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Solve J lambda = h for the per-vector Jacobians J (device slopes `stamps`), preconditioned
-    by the shared factorisation: lambda += J0^-1 (h - J lambda) until the correction stalls at
-    rounding level."""
+    by the shared factorisation: lambda += J0^-1 (h - J lambda) until the correction is at most
+    tolerance (at least 1e-13) times the largest |lambda|."""
     lam_u, lam_b = system.solve(h_u, h_b)
     scale = max(
         float(np.max(np.abs(lam_u))) if lam_u is not None else 0.0,
@@ -1560,7 +1569,7 @@ def _adjoint_solve(
             float(np.max(np.abs(d_u))) if d_u is not None else 0.0,
             float(np.max(np.abs(d_b))) if d_b is not None else 0.0,
         )
-        if moved <= 1e-13 * scale:
+        if moved <= max(tolerance, 1e-13) * scale:
             break
     return lam_u, lam_b
 

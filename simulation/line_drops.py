@@ -42,9 +42,10 @@ RATE_LIMIT = 0.1
 """Largest contraction bound rho for which the fixed point is used (about ten iterations to
 1e-10 in float64); beyond it Gauss-Seidel or the direct solver is faster."""
 
-_ROUNDING = {torch.float32: 2.0**-19, torch.float64: 2.0**-46}
-"""Relative accuracy the iteration is asked for at most, per dtype (16 and 128 units in the
-last place: float32 solves are float32-accurate, about 2e-6 of the largest value)."""
+DTYPE_ACCURACY = {torch.float32: 2.0**-19, torch.float64: 2.0**-46}
+"""Relative accuracy a differentiable solve is asked for at most, per dtype of its inputs (16
+and 128 units in the last place: float32 solves are float32-accurate, about 2e-6 of the largest
+value; a smaller `tolerance` is raised to it)."""
 
 
 class DropSolver:
@@ -146,7 +147,7 @@ def iterate(
     tolerance times scale (or the dtype's rounding level). step writes the new x into out (a
     spare array like x, not aliasing it); the two arrays take turns. Returns x and the spare
     array (free for other use)."""
-    floor = _ROUNDING.get(start.dtype, 2.0**-46)
+    floor = DTYPE_ACCURACY.get(start.dtype, 2.0**-46)
     limit = max(tolerance, floor) * scale
     x, spare = start, torch.empty_like(start)
     for iteration in range(1, max_iterations + 1):
@@ -171,7 +172,7 @@ class DropCrossbar(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, voltages, solver, devices, rate, tolerance, max_iterations, *params):  # type: ignore[override]
-        dtype = voltages.dtype if voltages.dtype in _ROUNDING else torch.float64
+        dtype = voltages.dtype if voltages.dtype in DTYPE_ACCURACY else torch.float64
         prepared = devices.prepare([p.detach().to(dtype) for p in params])
         applied = voltages.detach().to(dtype)[..., None]  # (B, t, rows, 1)
         shape = (*applied.shape[:-1], solver.lines.cols)
