@@ -48,7 +48,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 import torch
 
-from simulation.line_drops import DTYPE_ACCURACY, RATE_LIMIT, DropCrossbar, DropSolver
+from simulation.line_drops import DTYPE_ACCURACY, NEWTON_LIMIT, DropCrossbar, DropSolver
 
 DeviceFunction = Callable[[np.ndarray], np.ndarray]
 """Per-device function of device voltages (..., rows, cols) in V -> (..., rows, cols): the device
@@ -1135,8 +1135,8 @@ def _drop_route(
     devices: ElementwiseDevices,
     params: Sequence[torch.Tensor],
 ) -> tuple[DropSolver, float] | None:
-    """The fixed-point solver (`simulation.line_drops`) and its rate bound when the devices are
-    weak enough for it (rate bound <= RATE_LIMIT at the largest |voltage|), else None."""
+    """The IR-drop solver (`simulation.line_drops`) and its rate bound when the devices are weak
+    enough for it (rate bound <= NEWTON_LIMIT at the largest |voltage|), else None."""
     key = lines.key()
     solver = _DROP_SOLVERS.get(key)
     if solver is None:
@@ -1148,7 +1148,7 @@ def _drop_route(
         prepared = devices.prepare([p.detach().to(dtype) for p in params])
         peak = float(voltages.detach().abs().max()) if voltages.numel() else 0.0
         rate = solver.rate_bound(devices.peak_slopes(prepared, peak))
-    return (solver, rate) if rate <= RATE_LIMIT else None
+    return (solver, rate) if rate <= NEWTON_LIMIT else None
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

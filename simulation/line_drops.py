@@ -36,11 +36,15 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from simulation.circuit import CrossbarLines
+    from simulation.circuit import CrossbarLines, ElementwiseDevices
 
 RATE_LIMIT = 0.1
 """Largest contraction bound rho for which the fixed point is used (about ten iterations to
-1e-10 in float64); beyond it Gauss-Seidel or the direct solver is faster."""
+1e-10 in float64); beyond it Newton's method with conjugate gradients (`newton`)."""
+
+NEWTON_LIMIT = 64.0
+"""Largest rho for which `newton` is used (conjugate gradients need about sqrt(1 + rho) log(1 /
+accuracy) products with W); beyond it the nodal solvers of `simulation.circuit`."""
 
 DTYPE_ACCURACY = {torch.float32: 2.0**-19, torch.float64: 2.0**-46}
 """Relative accuracy a differentiable solve is asked for at most, per dtype of its inputs (16
@@ -162,6 +166,70 @@ def iterate(
     )
 
 
+def solve_jacobian(
+    solver: DropSolver, stamps: torch.Tensor, rhs: torch.Tensor, relative: float, limit: int
+) -> torch.Tensor:
+    """z with (1 + W D) z = rhs for slopes D = stamps (>= 0) in S and rhs (B, t, rows, cols), by
+    conjugate gradients on the symmetric (1 + S) y = D^1/2 rhs, S = D^1/2 W D^1/2 (eigenvalues in
+    [1, 1 + rho]), z = rhs - W D^1/2 y; each array's residual shrinks by `relative` (at most
+    `limit` iterations, else RuntimeError)."""
+    root = stamps.clamp_min(0).sqrt().expand_as(rhs)
+    zero = rhs.new_zeros(())
+
+    def times(p: torch.Tensor) -> torch.Tensor:  # (1 + S) p
+        return p - root * solver.subtract_drops(zero, root * p)
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vecdot(a.flatten(2), b.flatten(2))[..., None, None]
+
+    b = root * rhs
+    y = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rs = dot(r, r)
+    target = (relative * relative) * rs
+    for _ in range(limit):
+        if bool((rs <= target).all()):
+            return solver.subtract_drops(rhs, root * y)
+        q = times(p)
+        alpha = rs / dot(p, q).clamp_min(torch.finfo(b.dtype).tiny)
+        y.add_(alpha * p)
+        r.sub_(alpha * q)
+        fresh = dot(r, r)
+        p.mul_(fresh / rs.clamp_min(torch.finfo(b.dtype).tiny)).add_(r)
+        rs = fresh
+    raise RuntimeError(
+        f"crossbar_currents: conjugate gradients did not reach {relative:.1e} in {limit} iterations"
+    )
+
+
+def newton(
+    solver: DropSolver,
+    devices: ElementwiseDevices,
+    prepared: Sequence[torch.Tensor],
+    applied: torch.Tensor,
+    cols: int,
+    tolerance: float,
+    max_iterations: int,
+) -> tuple[torch.Tensor, int]:
+    """Device voltages of F(v) = v - V + W I(v) = 0 by Newton's method from v = V, each step
+    solved by `solve_jacobian` (residual shrunk 1e4-fold); stops when a step moves no voltage by
+    more than the tolerance (at least the dtype's accuracy) times the largest |V|."""
+    floor = DTYPE_ACCURACY.get(applied.dtype, 2.0**-46)
+    limit = max(tolerance, floor) * _largest(applied)
+    volts = applied.expand(*applied.shape[:-1], cols).clone(memory_format=torch.contiguous_format)
+    for iteration in range(1, max_iterations + 1):
+        flow, stamps = devices.currents(volts, prepared, True)
+        residual = solver.subtract_drops(applied, flow).sub_(volts)  # -F
+        step = solve_jacobian(solver, stamps, residual, 1e-4, 50 * max_iterations)
+        volts += step
+        if _largest(step) <= limit:
+            return volts, iteration
+    raise RuntimeError(
+        f"crossbar_currents: Newton's method did not converge in {max_iterations} iterations"
+    )
+
+
 class DropCrossbar(torch.autograd.Function):
     """Output currents (B, t, cols) in A and device power (B,) in W of t arrays with applied
     voltages (B, t, rows) in V and `ElementwiseDevices` parameters (t, rows, cols), by the
@@ -176,18 +244,23 @@ class DropCrossbar(torch.autograd.Function):
         prepared = devices.prepare([p.detach().to(dtype) for p in params])
         applied = voltages.detach().to(dtype)[..., None]  # (B, t, rows, 1)
         shape = (*applied.shape[:-1], solver.lines.cols)
-        start = applied.expand(shape).clone(memory_format=torch.contiguous_format)
+        if rate > RATE_LIMIT:
+            volts, solver.last_iterations = newton(
+                solver, devices, prepared, applied, shape[-1], tolerance, max_iterations
+            )
+            flow, stamps = devices.currents(volts, prepared, True)
+        else:
+            start = applied.expand(shape).clone(memory_format=torch.contiguous_format)
+            work = torch.empty_like(start)
 
-        work = torch.empty_like(start)
+            def step(volts: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+                flow, _ = devices.currents(volts, prepared, False, out=(work,))
+                return solver.subtract_drops(applied, flow, out=out)
 
-        def step(volts: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-            flow, _ = devices.currents(volts, prepared, False, out=(work,))
-            return solver.subtract_drops(applied, flow, out=out)
-
-        volts, spare, solver.last_iterations = iterate(
-            step, start, rate, tolerance, _largest(applied), max_iterations
-        )
-        flow, stamps = devices.currents(volts, prepared, True, out=(work, spare))
+            volts, spare, solver.last_iterations = iterate(
+                step, start, rate, tolerance, _largest(applied), max_iterations
+            )
+            flow, stamps = devices.currents(volts, prepared, True, out=(work, spare))
         out = flow.sum(dim=-2)
         power = torch.linalg.vecdot(volts.flatten(1), flow.flatten(1))  # V I >= 0: passive
         ctx.save_for_backward(volts, flow, stamps)
@@ -200,16 +273,24 @@ class DropCrossbar(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
         volts, flow, stamps = ctx.saved_tensors
         h = grad_out.to(volts.dtype)[:, :, None, :]
-        start = h.expand(volts.shape).clone(memory_format=torch.contiguous_format)
-        work = torch.empty_like(start)
-
-        def step(m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-            return ctx.solver.subtract_drops(h, torch.mul(m, stamps, out=work), out=out)
-
         # mu = h - W D mu: the transposed Newton system at the solution (W is symmetric).
-        mu, spare, _ = iterate(
-            step, start, ctx.rate, ctx.tolerance, _largest(h), ctx.max_iterations
-        )
+        if ctx.rate > RATE_LIMIT:
+            floor = DTYPE_ACCURACY.get(volts.dtype, 2.0**-46)
+            mu = solve_jacobian(
+                ctx.solver, stamps, h.expand(volts.shape), max(ctx.tolerance, 4 * floor),
+                50 * ctx.max_iterations,
+            )  # fmt: skip
+            work, spare = torch.empty_like(mu), None
+        else:
+            start = h.expand(volts.shape).clone(memory_format=torch.contiguous_format)
+            work = torch.empty_like(start)
+
+            def step(m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+                return ctx.solver.subtract_drops(h, torch.mul(m, stamps, out=work), out=out)
+
+            mu, spare, _ = iterate(
+                step, start, ctx.rate, ctx.tolerance, _largest(h), ctx.max_iterations
+            )
         need_v, grads = ctx.needs_input_grad[0], [None] * (len(ctx.needs_input_grad) - 6)
         grad_v = torch.linalg.vecdot(stamps, mu).to(grad_out) if need_v else None
         if any(ctx.needs_input_grad[6:]):

@@ -104,13 +104,65 @@ def test_weak_linear_devices_match_the_nodal_solver(dtype: torch.dtype) -> None:
     assert np.all(power.double().numpy() < ideal) and np.all(power.double().numpy() > 0.9 * ideal)
 
 
-def test_strong_devices_take_the_nodal_solvers() -> None:
+def test_very_strong_devices_take_the_nodal_solvers() -> None:
     rng = np.random.default_rng(3)
     shape = (64, 32)
-    c = torch.from_numpy(rng.uniform(*LOW_R, (1, *shape)))
+    c = torch.from_numpy(rng.uniform(0.1, 0.3, (1, *shape)))
     v = torch.from_numpy(rng.uniform(0.0, 0.5, (4, 1, shape[0])))
     lines = CrossbarLines.build(shape, 0.35, 0.32)
     assert _drop_route(lines, v, _LinearDevices(), (c,)) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_low_r_poole_frenkel_by_newton_matches_the_nodal_solver(dtype: torch.dtype) -> None:
+    """Low-R SiOx on 113 x 50 tiles (rho ~ 8: Newton with conjugate gradients) against the nodal
+    Newton solve of each tile, outputs and gradients."""
+    import simulation.circuit as circuit
+
+    rng = np.random.default_rng(8)
+    model = PooleFrenkel.low_r_siox()
+    g0 = torch.from_numpy(rng.uniform(*LOW_R, (113, 50)))
+    draws = model.draw((113, 50), torch.Generator().manual_seed(9), torch.float64)
+    tiling = LineResistance(0.35, 0.32, (128, 64)).tiling((113, 50))
+    lines = CrossbarLines.build(tiling.tile, 0.35, 0.32)
+    devices = _PooleFrenkelTiles(model, tiling, draws)
+    v0 = torch.from_numpy(rng.uniform(0.0, 0.5, (3, 113)))
+    weights = torch.from_numpy(rng.normal(size=(3, 50)))
+    results = {}
+    for name, limit in (("newton", circuit.NEWTON_LIMIT), ("nodal", 0.1)):
+        g, v = g0.clone().to(dtype).requires_grad_(True), v0.clone().to(dtype).requires_grad_(True)
+        tiles = tiling.gather(g)
+        route = _drop_route(lines, tiling.voltages(v), devices, devices.parameters(tiles))
+        assert route is not None and 2 < route[1] < 30
+        original, circuit.NEWTON_LIMIT = circuit.NEWTON_LIMIT, limit
+        try:
+            out, _ = crossbar_currents(tiling.voltages(v), tiles, lines, devices, tolerance=1e-11)
+        finally:
+            circuit.NEWTON_LIMIT = original
+        currents = tiling.scatter(out, 50)
+        (currents * weights).sum().backward()
+        results[name] = [x.detach().double() for x in (currents, g.grad, v.grad)]
+    ideal = (v0 @ g0).numpy()
+    assert np.all(results["newton"][0].numpy() < 0.8 * ideal)  # IR drop matters at low R
+    rtol = {torch.float64: 1e-8, torch.float32: 1e-4}[dtype]
+    for value, reference in zip(results["newton"], results["nodal"], strict=True):
+        scale = reference.abs().max()
+        np.testing.assert_allclose(value.numpy(), reference.numpy(), rtol=0, atol=rtol * scale)
+
+
+def test_newton_gradients_pass_gradcheck() -> None:
+    rng = np.random.default_rng(10)
+    shape = (4, 3)
+    lines = CrossbarLines.build(shape, 40.0, 30.0)
+    torch.manual_seed(1)
+    voltages = (torch.rand(2, 1, shape[0], dtype=torch.float64) - 0.3).requires_grad_(True)
+    g = torch.from_numpy(rng.uniform(2e-3, 4e-3, (1, *shape))).requires_grad_(True)
+    route = _drop_route(lines, voltages, _LinearDevices(), (g,))
+    assert route is not None and route[1] > 0.5  # Newton with conjugate gradients
+    assert torch.autograd.gradcheck(
+        lambda v, c: crossbar_currents(v, c, lines, tolerance=1e-13)[0], (voltages, g),
+        eps=1e-7, atol=1e-10,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(LINE_CASES))
