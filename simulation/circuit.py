@@ -1084,7 +1084,9 @@ def crossbar_currents(
     with voltages (B, t, rows) in V and conductances (t, rows, cols) in S, all of `lines`'s
     geometry; (B, rows) and (rows, cols) are one array and give (B, cols).
 
-    Solved in float64 (results in the inputs' dtype). Gradients reach voltages and conductances
+    Linear and `ElementwiseDevices` arrays whose devices are not too strong for it go to
+    `simulation.line_drops` (in the inputs' dtype, float32 to float32 accuracy); the rest are
+    solved in float64 (results in the inputs' dtype). Gradients reach voltages and conductances
     by the adjoint method: one more solve with the same factorisation (linear devices) or the
     transposed Newton system at the solution (nonlinear `current`), never by unrolling.
     `current` is a `TorchDeviceFunction` (slopes and the conductance gradient by autograd) or,
@@ -1289,7 +1291,8 @@ class ElementwiseDevices(ABC):
     """Nonlinear devices in closed form for `crossbar_currents`: the current I(V; p) and its slope
     dI/dV of device voltages V from per-device parameters p, computed once per solve from the
     conductances (differentiable: gradients reach the conductances through them). Newton's
-    method then evaluates plain numpy, and the backward pass needs only dI/dp at the solution.
+    method then evaluates them without autograd, and the backward pass needs only dI/dp at
+    the solution.
     `prepare`, `currents` and `partials` receive numpy arrays (the nodal solvers) or torch
     tensors of one dtype (the fixed-point solver `simulation.line_drops`): write them with
     operators and `exp_` / `sqrt_`. Slopes must be >= 0 and largest at the largest
@@ -1674,6 +1677,15 @@ def _pin_isolated(
     return words, bits, pinned_w, pinned_b
 
 
+def _floating_patterns(words: np.ndarray, bits: np.ndarray):
+    """(pattern, members) per distinct pattern of floating lines: pattern (rows + cols,) bool,
+    True where a word line (first rows) or bit line floats; members: the configurations."""
+    floating = np.concatenate([np.isnan(words), np.isnan(bits)], axis=1)
+    patterns, inverse = np.unique(floating, axis=0, return_inverse=True)
+    for index, pattern in enumerate(patterns):
+        yield pattern, np.flatnonzero(inverse.ravel() == index)
+
+
 def _span(words: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lowest and highest applied voltage (n,) per configuration and the span (n,) (>= tiny)."""
     both = np.concatenate([words, bits], axis=1)
@@ -1704,11 +1716,8 @@ def _solve_collapsed(
     cols = bits.shape[1]
     word_out, bit_out = np.zeros((n, rows)), np.zeros((n, cols))
     device = np.empty((n, rows, cols)) if with_voltages else None
-    floating = np.concatenate([np.isnan(words), np.isnan(bits)], axis=1)
-    patterns, inverse = np.unique(floating, axis=0, return_inverse=True)
     iterations = 0
-    for index, pattern in enumerate(patterns):
-        members = np.flatnonzero(inverse.ravel() == index)
+    for pattern, members in _floating_patterns(words, bits):
         unknown = np.flatnonzero(pattern)
         size = max(1, rows * cols + unknown.size**2)
         step = max(1, _DENSE_CHUNK // size)
@@ -1846,11 +1855,8 @@ def _solve_with_lines(
     cols = bits.shape[1]
     word_out, bit_out = np.zeros((n, rows)), np.zeros((n, cols))
     device = np.empty((n, rows, cols)) if with_voltages else None
-    floating = np.concatenate([np.isnan(words), np.isnan(bits)], axis=1)
-    patterns, inverse = np.unique(floating, axis=0, return_inverse=True)
     iterations, sweep = 0, True  # once Gauss-Seidel is too slow, the devices are too strong
-    for index, pattern in enumerate(patterns):
-        members = np.flatnonzero(inverse.ravel() == index)
+    for pattern, members in _floating_patterns(words, bits):
         lines = _pattern_lines((rows, cols), r_word, r_bit, pattern[:rows], pattern[rows:])
         v = np.nan_to_num(words[members])[:, None, :]  # (m, 1, rows)
         vb = np.nan_to_num(bits[members])[:, None, :]  # (m, 1, cols)

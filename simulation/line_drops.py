@@ -1,4 +1,4 @@
-"""Crossbars whose devices are weak beside their lines, solved by fixed-point iteration (torch).
+"""Crossbars solved in the IR-drop form v = V - W I(v): fixed point or Newton (torch).
 
 With every word line driven and every bit line sensed at a virtual ground (the geometry of
 `simulation.circuit`), the device voltages v (rows, cols) of one array and input obey
@@ -21,10 +21,11 @@ with an error of at most moved * rho / (1 - rho). High-R SiOx on 128 x 64 tiles 
 0.32 Ohm segments has rho ~ 0.01-0.05: two or three iterations, each one evaluation of the
 devices and one batched matrix product per line type, in the inputs' dtype (float32 training is
 solved in float32). Gradients by the adjoint method: mu = (1 + W D)^-1 h for the outputs'
-gradient h and the slopes D at the solution, by the same iteration. `DropSolver.rate_bound`
-tells whether it applies; `simulation.circuit.crossbar_currents` uses it when rho <=
-`RATE_LIMIT` and its nodal solvers otherwise (strong devices, as low-R SiOx, need Newton on the
-nodal system).
+gradient h and the slopes D at the solution, by the same iteration. Stronger devices (rho up
+to `NEWTON_LIMIT`, e.g. low-R SiOx on 128 x 64 tiles, rho ~ 8) go to Newton's method with
+conjugate gradients (`newton`, `solve_jacobian`). `DropSolver.rate_bound` tells which applies;
+`simulation.circuit.crossbar_currents` uses this module when rho <= `NEWTON_LIMIT` and its
+nodal solvers otherwise.
 """
 
 from __future__ import annotations
@@ -233,9 +234,9 @@ def newton(
 class DropCrossbar(torch.autograd.Function):
     """Output currents (B, t, cols) in A and device power (B,) in W of t arrays with applied
     voltages (B, t, rows) in V and `ElementwiseDevices` parameters (t, rows, cols), by the
-    fixed-point iteration; inputs: voltages, solver, devices, rate, tolerance, max_iterations,
-    *params. Stops at tolerance times the largest |applied voltage| (forward) or |output
-    gradient| (backward). The parameters' gradient is the adjoint-weighted dI/dp, summed over
+    fixed point (rate <= RATE_LIMIT) or `newton`; inputs: voltages, solver, devices, rate,
+    tolerance, max_iterations, *params. Stops at tolerance times the largest |applied
+    voltage| (forward) or |output gradient| (backward). The parameters' gradient is the adjoint-weighted dI/dp, summed over
     the vectors."""
 
     @staticmethod
