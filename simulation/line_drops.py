@@ -236,8 +236,8 @@ class DropCrossbar(torch.autograd.Function):
     voltages (B, t, rows) in V and `ElementwiseDevices` parameters (t, rows, cols), by the
     fixed point (rate <= RATE_LIMIT) or `newton`; inputs: voltages, solver, devices, rate,
     tolerance, max_iterations, *params. Stops at tolerance times the largest |applied
-    voltage| (forward) or |output gradient| (backward). The parameters' gradient is the adjoint-weighted dI/dp, summed over
-    the vectors."""
+    voltage| (forward) or |output gradient| (backward). The parameters' gradient is the
+    adjoint-weighted dI/dp, summed over the vectors."""
 
     @staticmethod
     def forward(ctx, voltages, solver, devices, rate, tolerance, max_iterations, *params):  # type: ignore[override]
