@@ -30,6 +30,7 @@ nodal solvers otherwise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,12 @@ import torch
 
 if TYPE_CHECKING:
     from simulation.circuit import CrossbarLines, ElementwiseDevices
+
+FORCING = 0.03
+"""Largest relative residual a Newton step's conjugate gradients are asked for (inexact Newton:
+far from the solution a step need not be solved accurately; near it the forcing term falls with
+the residual, and never below what the tolerance needs). Each CG iteration costs about as much
+as a Newton step's device evaluation, so loose early steps pay."""
 
 RATE_LIMIT = 0.1
 """Largest contraction bound rho for which the fixed point is used (about ten iterations to
@@ -82,40 +89,45 @@ class DropSolver:
         """Bound on the contraction rate, in the largest-element norm, of the iteration for
         devices whose slopes dI/dV (t, rows, cols) in S never exceed `slopes`: the largest row
         sum of W D, max(W slopes) (W has no negative entries)."""
-        zero = slopes.new_zeros(())
-        return -float(self.subtract_drops(zero, slopes).min()) if slopes.numel() else 0.0
+        return float(self.subtract_drops(None, slopes).max()) if slopes.numel() else 0.0
 
     def subtract_drops(
-        self, base: torch.Tensor, flow: torch.Tensor, out: torch.Tensor | None = None
+        self, base: torch.Tensor | None, flow: torch.Tensor, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """base - W I in V: base broadcast to the device currents flow (..., rows, cols) in A,
-        into out (contiguous, like flow) or a new tensor. The usual case, one word-line and one
-        bit-line matrix for all lines, is two matrix products accumulated in place."""
+        into out (contiguous, like flow) or a new tensor; base None gives +W I (no copy). The
+        usual case, one word-line and one bit-line matrix for all lines, is two matrix products
+        accumulated in place."""
         word, bit = self._matrices(flow.dtype)
         rows, cols = flow.shape[-2:]
         if out is None:
             result = torch.empty_like(flow, memory_format=torch.contiguous_format)
         else:
             result = out
-        result.copy_(base.expand(flow.shape))
+        sign = 1.0 if base is None else -1.0
         flat = flow.reshape(-1, rows, cols)
+        if base is not None:
+            result.copy_(base.expand(flow.shape))
+        elif word is None or word.shape[0] != 1 or self.lines.word_mode == "node":
+            result.zero_()
         if word is None:
             pass
         elif self.lines.word_mode == "node":
-            result -= word[:, None] * flow.sum(dim=-1, keepdim=True)
+            result.add_(word[:, None] * flow.sum(dim=-1, keepdim=True), alpha=sign)
         elif word.shape[0] == 1:
-            result.view(-1, cols).addmm_(flat.view(-1, cols), word[0], alpha=-1)
+            fresh = 0.0 if base is None else 1.0  # beta 0: result not read
+            result.view(-1, cols).addmm_(flat.view(-1, cols), word[0], beta=fresh, alpha=sign)
         else:
-            result -= torch.einsum("...il,ijl->...ij", flow, word)
+            result.add_(torch.einsum("...il,ijl->...ij", flow, word), alpha=sign)
         if bit is None:
             pass
         elif self.lines.bit_mode == "node":
-            result -= bit * flow.sum(dim=-2, keepdim=True)
+            result.add_(bit * flow.sum(dim=-2, keepdim=True), alpha=sign)
         elif bit.shape[0] == 1:
             shared = bit[0].expand(flat.shape[0], rows, rows)
-            result.view(-1, rows, cols).baddbmm_(shared, flat, alpha=-1)
+            result.view(-1, rows, cols).baddbmm_(shared, flat, alpha=sign)
         else:
-            result -= torch.einsum("...lj,jil->...ij", flow, bit)
+            result.add_(torch.einsum("...lj,jil->...ij", flow, bit), alpha=sign)
         return result
 
     def _matrices(self, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -125,6 +137,17 @@ class DropSolver:
                 for m in (self.word, self.bit)
             )
         return self._tensors[dtype]
+
+
+def dot(a: torch.Tensor, b: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """Per-array inner products of a, b (B, t, rows, cols) as (B, t, 1, 1), using the spare
+    array work."""
+    return torch.mul(a, b, out=work).sum(dim=(-2, -1), keepdim=True)
+
+
+def squared_norm(a: torch.Tensor) -> torch.Tensor:
+    """Per-array squared 2-norms of a (B, t, rows, cols) as (B, t, 1, 1)."""
+    return torch.linalg.vector_norm(a, dim=(-2, -1), keepdim=True).square_()
 
 
 def _largest(x: torch.Tensor) -> float:
@@ -173,32 +196,27 @@ def solve_jacobian(
     """z with (1 + W D) z = rhs for slopes D = stamps (>= 0) in S and rhs (B, t, rows, cols), by
     conjugate gradients on the symmetric (1 + S) y = D^1/2 rhs, S = D^1/2 W D^1/2 (eigenvalues in
     [1, 1 + rho]), z = rhs - W D^1/2 y; each array's residual shrinks by `relative` (at most
-    `limit` iterations, else RuntimeError)."""
+    `limit` iterations, else RuntimeError). Works in preallocated arrays: one product with W and
+    about eight passes over the arrays per iteration."""
     root = stamps.clamp_min(0).sqrt().expand_as(rhs)
-    zero = rhs.new_zeros(())
-
-    def times(p: torch.Tensor) -> torch.Tensor:  # (1 + S) p
-        return p - root * solver.subtract_drops(zero, root * p)
-
-    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vecdot(a.flatten(2), b.flatten(2))[..., None, None]
-
     b = root * rhs
-    y = torch.zeros_like(b)
+    y, p, q, work = torch.zeros_like(b), b.clone(), torch.empty_like(b), torch.empty_like(b)
     r = b.clone()
-    p = r.clone()
-    rs = dot(r, r)
-    target = (relative * relative) * rs
+    rr = squared_norm(r)
+    target = (relative * relative) * rr
+    tiny = torch.finfo(b.dtype).tiny
     for _ in range(limit):
-        if bool((rs <= target).all()):
-            return solver.subtract_drops(rhs, root * y)
-        q = times(p)
-        alpha = rs / dot(p, q).clamp_min(torch.finfo(b.dtype).tiny)
-        y.add_(alpha * p)
-        r.sub_(alpha * q)
-        fresh = dot(r, r)
-        p.mul_(fresh / rs.clamp_min(torch.finfo(b.dtype).tiny)).add_(r)
-        rs = fresh
+        if bool((rr <= target).all()):
+            return solver.subtract_drops(rhs, y.mul_(root))
+        # q = (1 + S) p
+        torch.addcmul(p, root, solver.subtract_drops(None, torch.mul(root, p, out=q), out=work),
+                      out=q)  # fmt: skip
+        alpha = rr / dot(p, q, work).clamp_min(tiny)
+        y.addcmul_(alpha, p)
+        r.addcmul_(alpha, q, value=-1)
+        fresh = squared_norm(r)
+        p.mul_(fresh / rr.clamp_min(tiny)).add_(r)
+        rr = fresh
     raise RuntimeError(
         f"crossbar_currents: conjugate gradients did not reach {relative:.1e} in {limit} iterations"
     )
@@ -213,19 +231,31 @@ def newton(
     tolerance: float,
     max_iterations: int,
 ) -> tuple[torch.Tensor, int]:
-    """Device voltages of F(v) = v - V + W I(v) = 0 by Newton's method from v = V, each step
-    solved by `solve_jacobian` (residual shrunk 1e4-fold); stops when a step moves no voltage by
-    more than the tolerance (at least the dtype's accuracy) times the largest |V|."""
+    """Device voltages of F(v) = v - V + W I(v) = 0 by inexact Newton from v = V, each step
+    solved by `solve_jacobian` to the relative residual min(FORCING, max(|F| / |V|, 0.1 limit /
+    |F|)) (largest elements); stops when the error left is at most the limit = tolerance (at
+    least the dtype's accuracy) times the largest |V|: a step moved no voltage by more, or the
+    estimate from the last two steps (quadratic convergence, times 4) plus the last linear
+    solve's residual is below it."""
     floor = DTYPE_ACCURACY.get(applied.dtype, 2.0**-46)
-    limit = max(tolerance, floor) * _largest(applied)
+    scale = _largest(applied)
+    limit = max(tolerance, floor) * scale
     volts = applied.expand(*applied.shape[:-1], cols).clone(memory_format=torch.contiguous_format)
+    previous = math.inf
     for iteration in range(1, max_iterations + 1):
         flow, stamps = devices.currents(volts, prepared, True)
         residual = solver.subtract_drops(applied, flow).sub_(volts)  # -F
-        step = solve_jacobian(solver, stamps, residual, 1e-4, 50 * max_iterations)
+        size = _largest(residual)
+        # inexact Newton: loose linear solves far from the solution, none tighter than needed
+        forcing = min(FORCING, max(size / max(scale, 1e-300), 0.1 * limit / max(size, 1e-300)))
+        step = solve_jacobian(solver, stamps, residual, forcing, 50 * max_iterations)
+        moved = _largest(step)
         volts += step
-        if _largest(step) <= limit:
+        # error left: quadratic convergence from the last two steps, plus the linear solve's
+        remaining = 4 * moved**3 / previous**2 + forcing * moved
+        if moved <= limit or (iteration > 1 and moved < previous and remaining <= limit):
             return volts, iteration
+        previous = moved
     raise RuntimeError(
         f"crossbar_currents: Newton's method did not converge in {max_iterations} iterations"
     )

@@ -13,7 +13,7 @@ from simulation.circuit import (
     solve_crossbar,
 )
 from simulation.current_models import PooleFrenkel
-from simulation.line_drops import DropSolver
+from simulation.line_drops import DropSolver, newton, solve_jacobian
 from simulation.line_resistance import LineResistance, _PooleFrenkelTiles
 
 HIGH_R = (5.25e-7, 2.62e-6)
@@ -148,6 +148,47 @@ def test_low_r_poole_frenkel_by_newton_matches_the_nodal_solver(dtype: torch.dty
     for value, reference in zip(results["newton"], results["nodal"], strict=True):
         scale = reference.abs().max()
         np.testing.assert_allclose(value.numpy(), reference.numpy(), rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("tolerance", [1e-4, 1e-7, 1e-10])
+def test_inexact_newton_stops_within_its_tolerance(tolerance: float) -> None:
+    """Loose linear solves and the early stop leave at most tolerance * max|V| of error in the
+    device voltages (low-R SiOx on a 113 x 50 tile, against a solve to 1e-14)."""
+    rng = np.random.default_rng(12)
+    model = PooleFrenkel.low_r_siox()
+    tiling = LineResistance(0.35, 0.32, (128, 64)).tiling((113, 50))
+    lines = CrossbarLines.build(tiling.tile, 0.35, 0.32)
+    draws = model.draw((113, 50), torch.Generator().manual_seed(3), torch.float64)
+    devices = _PooleFrenkelTiles(model, tiling, draws)
+    tiles = tiling.gather(torch.from_numpy(rng.uniform(*LOW_R, (113, 50))))
+    applied = tiling.voltages(torch.from_numpy(rng.uniform(0.0, 0.5, (4, 113))))[..., None]
+    prepared = devices.prepare(devices.parameters(tiles))
+    solver = DropSolver(lines)
+    exact, _ = newton(solver, devices, prepared, applied, 50, 1e-14, 50)
+    volts, steps = newton(solver, devices, prepared, applied, 50, tolerance, 50)
+    error = float((volts - exact).abs().max())
+    assert error <= tolerance * float(applied.abs().max()), (error, steps)
+    assert steps >= 2  # the IR drop is far from the ideal lines' start
+
+
+def test_conjugate_gradients_reach_the_asked_residual() -> None:
+    """(1 + W D) z = rhs to a relative residual of 1e-6 in the symmetric form: the dense
+    residual of z is small, and a loose request does fewer iterations' worth of work."""
+    rng = np.random.default_rng(13)
+    shape = (20, 12)
+    solver = DropSolver(CrossbarLines.build(shape, 0.35, 0.32))
+    stamps = torch.from_numpy(rng.uniform(2e-3, 3e-2, (2, 1, *shape)))  # rho ~ 5
+    rhs = torch.from_numpy(rng.normal(size=(2, 1, *shape)))
+    dense = _dense_operator(solver, shape)
+    for relative in (1e-6, 1e-12):
+        z = solve_jacobian(solver, stamps, rhs, relative, 200).numpy()
+        for k in range(2):
+            d = stamps[k, 0].numpy().ravel()
+            zk, bk = z[k, 0].ravel(), rhs[k, 0].numpy().ravel()
+            residual = np.sqrt(d) * (zk + dense @ (d * zk) - bk)  # symmetric form's residual
+            assert np.linalg.norm(residual) <= relative * np.linalg.norm(np.sqrt(d) * bk) * 1.01
+    with pytest.raises(RuntimeError, match="conjugate gradients did not reach"):
+        solve_jacobian(solver, stamps, rhs, 1e-12, 2)
 
 
 def test_newton_gradients_pass_gradcheck() -> None:
