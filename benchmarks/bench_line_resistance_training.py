@@ -13,6 +13,7 @@ the mean training step time of each variant.
 
 Run: python -m benchmarks.bench_line_resistance_training --data-dir ../shared/datasets
      [--devices high-R low-R] [--epochs 5] [--networks 2] [--repeats 3] [--limit-train N]
+     [--seeds S ...]
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> None:
         with_lines = replace(device, line_resistance=lines)
         for variant, training_model in (("standard", device), ("aware", with_lines)):
             errors_on, errors_off, step_ms = [], [], []
-            for network_seed in range(args.networks):
+            for network_seed in args.seeds:
                 trainer = TrainerConfig(
                     epochs=args.epochs, optimizer="adam", learning_rate=args.learning_rate,
                     seed=network_seed, selection="last", memristive_validation_repeats=1,
@@ -68,7 +69,9 @@ def run(args: argparse.Namespace) -> None:
                 print(
                     f"{group} {variant} network {network_seed}: error with lines "
                     f"{100 * statistics.median(errors_on[-args.repeats :]):.2f} %, "
-                    f"{step_ms[-1]:.0f} ms/step",
+                    f"{step_ms[-1]:.0f} ms/step; errors with lines "
+                    f"{[round(100 * e, 2) for e in errors_on[-args.repeats :]]} %, without "
+                    f"{[round(100 * e, 2) for e in errors_off[-args.repeats :]]} %",
                     flush=True,
                 )
             rows.append([
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
             ])  # fmt: skip
     print(
         f"\n{args.dataset} 784-25-10, {len(data.train)} training examples, {args.epochs} epochs, "
-        f"{args.networks} networks x {args.repeats} test repeats, r_word {args.r_word} / r_bit "
+        f"{len(args.seeds)} networks x {args.repeats} test repeats, r_word {args.r_word} / r_bit "
         f"{args.r_bit} Ohm, 128x64 tiles"
     )
     print_table(
@@ -107,12 +110,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--networks", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help="network seeds (default 0 .. networks - 1); e.g. one per process to run in parallel",
+    )  # fmt: skip
     parser.add_argument("--learning-rate", type=float, default=0.005)
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--r-word", type=float, default=0.35)
     parser.add_argument("--r-bit", type=float, default=0.32)
-    run(parser.parse_args())
+    args = parser.parse_args()
+    if args.seeds is None:
+        args.seeds = list(range(args.networks))
+    run(args)
 
 
 if __name__ == "__main__":
