@@ -22,8 +22,10 @@ with an error of at most moved * rho / (1 - rho). High-R SiOx on 128 x 64 tiles 
 devices and one batched matrix product per line type, in the inputs' dtype (float32 training is
 solved in float32). Gradients by the adjoint method: mu = (1 + W D)^-1 h for the outputs'
 gradient h and the slopes D at the solution, by the same iteration. Stronger devices (rho up
-to `NEWTON_LIMIT`, e.g. low-R SiOx on 128 x 64 tiles, rho ~ 8) go to Newton's method with
-conjugate gradients (`newton`, `solve_jacobian`). `DropSolver.rate_bound` tells which applies;
+to `NEWTON_LIMIT`, e.g. low-R SiOx on 128 x 64 tiles, rho ~ 8) go to inexact Newton with
+conjugate gradients (`newton`, `solve_jacobian`: about four Newton steps and four CG iterations
+each for low-R; the cost is the products with W, 0.8 GFLOP each for a 784-input layer and 64
+vectors). `DropSolver.rate_bound` tells which applies;
 `simulation.circuit.crossbar_currents` uses this module when rho <= `NEWTON_LIMIT` and its
 nodal solvers otherwise.
 """
