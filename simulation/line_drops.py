@@ -108,17 +108,18 @@ class DropSolver:
             result = out
         sign = 1.0 if base is None else -1.0
         flat = flow.reshape(-1, rows, cols)
+        shared_word = self.lines.word_mode == "segment" and word is not None and len(word) == 1
         if base is not None:
             result.copy_(base.expand(flow.shape))
-        elif word is None or word.shape[0] != 1 or self.lines.word_mode == "node":
+        elif not shared_word:  # the shared word-line product below overwrites result
             result.zero_()
         if word is None:
             pass
         elif self.lines.word_mode == "node":
             result.add_(word[:, None] * flow.sum(dim=-1, keepdim=True), alpha=sign)
-        elif word.shape[0] == 1:
-            fresh = 0.0 if base is None else 1.0  # beta 0: result not read
-            result.view(-1, cols).addmm_(flat.view(-1, cols), word[0], beta=fresh, alpha=sign)
+        elif shared_word:
+            keep = 0.0 if base is None else 1.0  # beta 0: result not read
+            result.view(-1, cols).addmm_(flat.view(-1, cols), word[0], beta=keep, alpha=sign)
         else:
             result.add_(torch.einsum("...il,ijl->...ij", flow, word), alpha=sign)
         if bit is None:
@@ -141,13 +142,13 @@ class DropSolver:
         return self._tensors[dtype]
 
 
-def dot(a: torch.Tensor, b: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+def _dot(a: torch.Tensor, b: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
     """Per-array inner products of a, b (B, t, rows, cols) as (B, t, 1, 1), using the spare
     array work."""
     return torch.mul(a, b, out=work).sum(dim=(-2, -1), keepdim=True)
 
 
-def squared_norm(a: torch.Tensor) -> torch.Tensor:
+def _squared_norm(a: torch.Tensor) -> torch.Tensor:
     """Per-array squared 2-norms of a (B, t, rows, cols) as (B, t, 1, 1)."""
     return torch.linalg.vector_norm(a, dim=(-2, -1), keepdim=True).square_()
 
@@ -201,22 +202,21 @@ def solve_jacobian(
     `limit` iterations, else RuntimeError). Works in preallocated arrays: one product with W and
     about eight passes over the arrays per iteration."""
     root = stamps.clamp_min(0).sqrt().expand_as(rhs)
-    b = root * rhs
-    y, p, q, work = torch.zeros_like(b), b.clone(), torch.empty_like(b), torch.empty_like(b)
-    r = b.clone()
-    rr = squared_norm(r)
+    r = root * rhs  # the residual of y = 0
+    y, p, q, work = torch.zeros_like(r), r.clone(), torch.empty_like(r), torch.empty_like(r)
+    rr = _squared_norm(r)
     target = (relative * relative) * rr
-    tiny = torch.finfo(b.dtype).tiny
+    tiny = torch.finfo(r.dtype).tiny
     for _ in range(limit):
         if bool((rr <= target).all()):
             return solver.subtract_drops(rhs, y.mul_(root))
         # q = (1 + S) p
         torch.addcmul(p, root, solver.subtract_drops(None, torch.mul(root, p, out=q), out=work),
                       out=q)  # fmt: skip
-        alpha = rr / dot(p, q, work).clamp_min(tiny)
+        alpha = rr / _dot(p, q, work).clamp_min(tiny)
         y.addcmul_(alpha, p)
         r.addcmul_(alpha, q, value=-1)
-        fresh = squared_norm(r)
+        fresh = _squared_norm(r)
         p.mul_(fresh / rr.clamp_min(tiny)).add_(r)
         rr = fresh
     raise RuntimeError(
