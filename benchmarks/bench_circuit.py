@@ -5,24 +5,28 @@ Same inputs for both solvers: conductances uniform in the high-R SiOx window (5.
 2.62e-6 S) or the low-R one (6.9e-4 .. 3.45e-3 S), voltages uniform in [0, 0.5] V, r_word = 0.35
 Ohm, r_bit = 0.32 Ohm. "cold" includes building the solver (Gauss-Seidel line factors, or the
 direct factorisation where devices are too strong for Gauss-Seidel), "warm" reuses it from
-`FACTOR_CACHE` (same conductances, new vectors). badcrossbar (MIT, test/benchmark-only
+`FACTOR_CACHE` (same conductances, new vectors); each timing is the median of --repeats runs
+(the machine is shared and noisy). badcrossbar (MIT, test/benchmark-only
 dependency) is skipped if not installed or when its estimated time exceeds --badcrossbar-limit.
 Issue 7's targets: >= 20x badcrossbar from 128 x 128 (high-R), a training step with line
 resistance within 20x of the step without, peak RSS of the 512 x 512 solve under 2 GiB.
 
 Run: python -m benchmarks.bench_circuit [--sizes 64 128 256 512] [--windows high-R low-R]
-[--steps 10] [--skip solver training memory]
+[--steps 10] [--repeats 3] [--skip solver training memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import resource
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +37,9 @@ from training.layers import set_network_device_model
 from training.networks import build_network
 from xbarlab.config import load_device_model
 from xbarlab.tables import print_table
+
+SETTLE_SECONDS = 0.3
+"""Pause before each timed call (see `_median_seconds`)."""
 
 WINDOWS = {"high-R": (5.25e-7, 2.62e-6), "low-R": (6.9e-4, 3.45e-3)}
 
@@ -48,37 +55,57 @@ def badcrossbar_module():
     return badcrossbar
 
 
-def solver_table(sizes: list[int], window: str, limit: float) -> None:
+def _median_seconds(call: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall time (s) of `repeats` calls, and the last call's result. Each call starts
+    after a pause: BLAS worker threads left spinning by the previous call (badcrossbar's) hold a
+    core for about 0.1 s and would slow whatever runs next."""
+    times = []
+    for _ in range(repeats):
+        time.sleep(SETTLE_SECONDS)
+        start = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), result
+
+
+def _cold_solve(v: np.ndarray, g: np.ndarray) -> np.ndarray:
+    FACTOR_CACHE.clear()
+    return solve_crossbar(v, g, 0.35, 0.32)
+
+
+def _badcrossbar_outputs(module: Any, v: np.ndarray, g: np.ndarray) -> np.ndarray:
+    solution = module.compute(
+        v.T, 1.0 / g, r_i_word_line=0.35, r_i_bit_line=0.32,
+        node_voltages=False, all_currents=False,
+    )  # fmt: skip
+    return np.asarray(solution.currents.output).reshape(v.shape)
+
+
+def solver_table(sizes: list[int], window: str, limit: float, repeats: int) -> None:
     module = badcrossbar_module()
     rng = np.random.default_rng(0)
     rows = []
     for n in sizes:
         g = rng.uniform(*WINDOWS[window], (n, n))
         v = rng.uniform(0.0, 0.5, (100, n))
-        FACTOR_CACHE.clear()
-        start = time.perf_counter()
-        ours = solve_crossbar(v, g, 0.35, 0.32)
-        cold = time.perf_counter() - start
-        start = time.perf_counter()
-        solve_crossbar(rng.uniform(0.0, 0.5, (100, n)), g, 0.35, 0.32)
-        warm = time.perf_counter() - start
+        cold, ours = _median_seconds(functools.partial(_cold_solve, v, g), repeats)
+        warm_v = rng.uniform(0.0, 0.5, (100, n))
+        warm, _ = _median_seconds(functools.partial(solve_crossbar, warm_v, g, 0.35, 0.32), repeats)
         FACTOR_CACHE.clear()
         reference, error, ratio = None, "-", "-"
         if module is not None and (n <= 256 or limit > 60):
-            start = time.perf_counter()
-            solution = module.compute(
-                v.T, 1.0 / g, r_i_word_line=0.35, r_i_bit_line=0.32,
-                node_voltages=False, all_currents=False,
-            )  # fmt: skip
-            reference = time.perf_counter() - start
-            out = np.asarray(solution.currents.output).reshape(100, n)
+            call = functools.partial(_badcrossbar_outputs, module, v, g)
+            reference, out = _median_seconds(call, repeats)
             error = f"{np.max(np.abs(ours - out) / np.abs(out)):.1e}"
             ratio = f"{reference / cold:.1f}x"
         rows.append([
             f"{n}x{n}", f"{cold * 1e3:.0f}", f"{warm * 1e3:.0f}",
             "-" if reference is None else f"{reference * 1e3:.0f}", ratio, error,
         ])  # fmt: skip
-    print(f"\nSolve 100 vectors, {window} conductances, r = 0.35 / 0.32 Ohm")
+    print(
+        f"\nSolve 100 vectors, {window} conductances, r = 0.35 / 0.32 Ohm "
+        f"(median of {repeats} runs each)"
+    )
     print_table(
         ["array", "ours cold ms", "ours warm ms", "badcrossbar ms", "speed-up (cold)",
          "max rel diff"], rows,
@@ -152,6 +179,7 @@ def main() -> None:
     parser.add_argument("--windows", nargs="+", default=["high-R"], choices=list(WINDOWS))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--badcrossbar-limit", type=float, default=600.0)
+    parser.add_argument("--repeats", type=int, default=3, help="solver timings: median of")
     parser.add_argument("--skip", nargs="*", default=[], choices=["solver", "training", "memory"])
     parser.add_argument("--peak-memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,7 +188,7 @@ def main() -> None:
         return
     if "solver" not in args.skip:
         for window in args.windows:
-            solver_table(args.sizes, window, args.badcrossbar_limit)
+            solver_table(args.sizes, window, args.badcrossbar_limit, args.repeats)
     if "training" not in args.skip:
         training_step_table(args.steps)
     if "memory" not in args.skip:

@@ -23,9 +23,10 @@ configuration with that pattern) or nonlinear devices (Newton's method, the devi
 derivative supplied as callables).
 
 Methods: with resistance on both line types (the usual case) `SweepSystem` solves by block
-Gauss-Seidel, exact tridiagonal solves of all word lines given the bit lines and vice versa, which
-converges in a few sweeps for devices weak relative to the lines (high-R arrays); otherwise, or
-when it would need many sweeps, the direct block factorisation `CrossbarSystem` (rows * cols^3).
+Gauss-Seidel, exact tridiagonal solves of all word lines given the bit lines and vice versa
+(compiled, `simulation.line_sweeps`), which converges in a few sweeps for devices weak relative
+to the lines (high-R arrays); otherwise, or when it would need many sweeps, the direct block
+factorisation `CrossbarSystem` (rows * cols^3).
 `solve_lines` runs the same solvers per pattern of floating lines (a floating line's terminal is
 disconnected); `simulation.line_drops` adds a fixed-point path for differentiable solves of weak
 devices.
@@ -48,7 +49,9 @@ import scipy.sparse
 import scipy.sparse.linalg
 import torch
 
+from simulation import buffers
 from simulation.line_drops import DTYPE_ACCURACY, NEWTON_LIMIT, DropCrossbar, DropSolver
+from simulation.line_sweeps import solve_family
 
 DeviceFunction = Callable[[np.ndarray], np.ndarray]
 """Per-device function of device voltages (..., rows, cols) in V -> (..., rows, cols): the device
@@ -438,8 +441,9 @@ def _spd_inverse(z: np.ndarray) -> np.ndarray:
 # detected after two sweeps and handed to the direct `CrossbarSystem`.
 #
 # Layouts: word nodes are kept as (cols, t, rows, B) and bit nodes as (rows, t, cols, B), the
-# chain axis first and the vectors innermost, so every step of Thomas' algorithm is one
-# contiguous slice and passing voltages between the families is a transpose of B-long runs.
+# chain axis first and the vectors innermost: every node is a B-long run, and the other family's
+# voltages along a line are contiguous. The half-sweeps are compiled (`simulation.line_sweeps`:
+# line by line in cache, lines in parallel).
 
 _SWEEP_RATE_LIMIT = 0.2
 """Largest observed error reduction per sweep for which Gauss-Seidel is used (else direct)."""
@@ -476,17 +480,6 @@ def _factor_chains(diagonal: np.ndarray, coupling: np.ndarray) -> tuple[np.ndarr
     np.multiply(coupling[1:], inverse[1:], out=forward[1:])
     np.multiply(coupling[1:], inverse[:-1], out=backward[:-1])
     return forward, inverse, backward
-
-
-def _sweep_chains(x: np.ndarray, forward: np.ndarray, backward: np.ndarray) -> None:
-    """Thomas' algorithm in place on scaled right-hand sides x (n, ...) (see `_factor_chains`)."""
-    tmp = np.empty(x.shape[1:])
-    for k in range(1, x.shape[0]):
-        np.multiply(forward[k], x[k - 1], out=tmp)
-        x[k] += tmp
-    for k in range(x.shape[0] - 2, -1, -1):
-        np.multiply(backward[k], x[k + 1], out=tmp)
-        x[k] += tmp
 
 
 class SweepSystem:
@@ -532,8 +525,9 @@ class SweepSystem:
         above = np.zeros_like(seg_b)
         above[1:] = seg_b[:-1]  # joins row k - 1 to row k
         self.bit = _factor_chains(diag_b + stamps_b, above)
-        self.scaled_w = stamps_w * self.word[1]
-        self.scaled_b = stamps_b * self.bit[1]
+        self.scaled_w = np.ascontiguousarray(stamps_w * self.word[1])
+        self.scaled_b = np.ascontiguousarray(stamps_b * self.bit[1])
+        self._drive_response: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
@@ -558,27 +552,24 @@ class SweepSystem:
         rows, cols = self.lines.rows, self.lines.cols
         batch = next(f.shape[-1] for f in (f_u, f_b, f_u0) if f is not None)
         inv_w, inv_b = self.word[1], self.bit[1]
-        f_u = None if f_u is None else f_u * inv_w
-        f_b = None if f_b is None else f_b * inv_b
-        f_u0 = None if f_u0 is None else f_u0 * inv_w[0]
-        u = np.empty((cols, self.t, rows, batch))
-        b = np.zeros((rows, self.t, cols, batch))
+        f_u = None if f_u is None else np.ascontiguousarray(f_u * inv_w)
+        f_b = None if f_b is None else np.ascontiguousarray(f_b * inv_b)
+        f_u0 = None if f_u0 is None else np.ascontiguousarray(f_u0 * inv_w[0])
+        u = buffers.empty((cols, self.t, rows, batch))
+        b = buffers.empty((rows, self.t, cols, batch))
+        (forward_w, _, backward_w), (forward_b, _, backward_b) = self.word, self.bit
         last, change, rate = None, np.inf, 1.0
         known = None if self.rate is None else max(self.rate, 0.1)
         for sweep in range(1, _MAX_SWEEPS + 1):
-            if sweep == 1:  # b = 0
-                u[:] = 0.0 if f_u is None else f_u
+            if sweep > 1:
+                solve_family(u, forward_w, backward_w, b, self.scaled_w, f_u, f_u0)
+            elif f_u is not None:  # b = 0
+                solve_family(u, forward_w, backward_w, extra=f_u, first=f_u0)
+            elif f_u0 is not None:  # b = 0, only the drivers: their precomputed response
+                np.multiply(self._drive_responses(), f_u0, out=u)
             else:
-                np.multiply(b.transpose(2, 1, 0, 3), self.scaled_w, out=u)
-                if f_u is not None:
-                    u += f_u
-            if f_u0 is not None:
-                u[0] += f_u0
-            _sweep_chains(u, self.word[0], self.word[2])
-            np.multiply(u.transpose(2, 1, 0, 3), self.scaled_b, out=b)
-            if f_b is not None:
-                b += f_b
-            _sweep_chains(b, self.bit[0], self.bit[2])
+                u.fill(0.0)
+            solve_family(b, forward_b, backward_b, u, self.scaled_b, f_b)
             ends = (u[-1].copy(), b[-1].copy())
             if last is not None:
                 changes = [_largest(new - old) for new, old in zip(ends, last, strict=True)]
@@ -598,6 +589,17 @@ class SweepSystem:
                 change = moved
             last = ends
         raise _SlowConvergence(f"no convergence in {_MAX_SWEEPS} sweeps (rate {rate:.2g})")
+
+    def _drive_responses(self) -> np.ndarray:
+        """Scaled word-node voltages (cols, t, rows, 1 or B) of a unit scaled current into each
+        word line's first node alone (once per system): the first sweep's word solve when only
+        the drivers inject (b = 0) is then one multiply."""
+        if self._drive_response is None:
+            forward, _, backward = self.word
+            response = np.empty(forward.shape)
+            solve_family(response, forward, backward, first=np.ones(forward.shape[1:]))
+            self._drive_response = response
+        return self._drive_response
 
     def solve(
         self, r_u: np.ndarray | None, r_b: np.ndarray | None

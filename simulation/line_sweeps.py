@@ -1,0 +1,115 @@
+"""Compiled tridiagonal sweeps over one family of crossbar lines (numba, parallel over lines).
+
+`SweepSystem` (simulation.circuit) solves word and bit lines alternately (block Gauss-Seidel).
+One half-sweep solves every line of a family exactly, given the other family's node voltages:
+Thomas' algorithm along each line, with the right-hand side built from the other family's
+voltages on the fly. Done here line by line, a line's nodes (n x B numbers) stay in the core's
+cache between the forward and the backward pass, the other family's voltages are read once, and
+lines run in parallel on all cores. With torch ops node by node over all lines at once (one op
+per node, the whole array streamed through memory per pass) the same work took 2x as long on
+two cores, and more cores did not help.
+
+Layouts (see `SweepSystem`): a family's nodes are (n, t, lines, B), chain axis first and the B
+vectors innermost; the other family's nodes, read as this family's source, are
+(lines, t, n, B) from its point of view. Factors (forward, backward) and scaled stamps have a last
+axis of 1 (shared by all vectors) or B (per-vector stamps, Newton's method).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+def sweep_lines(
+    x: np.ndarray,
+    forward: np.ndarray,
+    backward: np.ndarray,
+    source: np.ndarray,
+    scale: np.ndarray,
+    extra: np.ndarray,
+    first: np.ndarray,
+    use_source: bool,
+    use_extra: bool,
+    use_first: bool,
+) -> None:  # pragma: no cover - compiled
+    """Overwrite x (n, t, lines, B) with the solution of every line's scaled tridiagonal system
+    whose scaled right-hand side at node k of line l is
+    source[l, :, k] * scale[k, :, l] (if use_source) + extra[k, :, l] (if use_extra)
+    + first[:, l] at node 0 (if use_first); forward / backward are the line factors of
+    `_factor_chains` (x_k += forward_k x_{k-1}, then x_k += backward_k x_{k+1})."""
+    n, t_count, lines, batch = x.shape
+    per_vector_factors = forward.shape[3] > 1
+    per_vector_scale = scale.shape[3] > 1
+    for line in prange(t_count * lines):
+        t = line // lines
+        j = line % lines
+        for k in range(n):
+            node = x[k, t, j]
+            if use_source:
+                src = source[j, t, k]
+                sc = scale[k, t, j]
+                if per_vector_scale:
+                    for q in range(batch):
+                        node[q] = src[q] * sc[q]
+                else:
+                    s0 = sc[0]
+                    for q in range(batch):
+                        node[q] = src[q] * s0
+            else:
+                for q in range(batch):
+                    node[q] = 0.0
+            if use_extra:
+                add = extra[k, t, j]
+                for q in range(batch):
+                    node[q] += add[q]
+            if use_first and k == 0:
+                add = first[t, j]
+                for q in range(batch):
+                    node[q] += add[q]
+            if k > 0:
+                previous = x[k - 1, t, j]
+                factor = forward[k, t, j]
+                if per_vector_factors:
+                    for q in range(batch):
+                        node[q] += factor[q] * previous[q]
+                else:
+                    f0 = factor[0]
+                    for q in range(batch):
+                        node[q] += f0 * previous[q]
+        for k in range(n - 2, -1, -1):
+            node = x[k, t, j]
+            following = x[k + 1, t, j]
+            factor = backward[k, t, j]
+            if per_vector_factors:
+                for q in range(batch):
+                    node[q] += factor[q] * following[q]
+            else:
+                b0 = factor[0]
+                for q in range(batch):
+                    node[q] += b0 * following[q]
+
+
+_UNUSED = np.zeros((1, 1, 1, 1))
+
+
+def solve_family(
+    x: np.ndarray,
+    forward: np.ndarray,
+    backward: np.ndarray,
+    source: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    extra: np.ndarray | None = None,
+    first: np.ndarray | None = None,
+) -> None:
+    """`sweep_lines` with None for the parts of the right-hand side that are absent. All arrays
+    float64 and C-contiguous (one compiled variant): x (n, t, lines, B) written in place,
+    forward / backward / scale (n, t, lines, 1 or B), source (lines, t, n, B), extra like x,
+    first (t, lines, B)."""
+    sweep_lines(
+        x, forward, backward,
+        _UNUSED if source is None else source, _UNUSED if scale is None else scale,
+        _UNUSED if extra is None else extra, _UNUSED[0] if first is None else first,
+        source is not None, extra is not None, first is not None,
+    )  # fmt: skip
