@@ -9,6 +9,12 @@ lines run in parallel on all cores. With torch ops node by node over all lines a
 per node, the whole array streamed through memory per pass) the same work took 2x as long on
 two cores, and more cores did not help.
 
+The kernel is compiled on first use on a machine (a few seconds; cached in __pycache__ after,
+about 0.25 s to load per process). Numba's OpenMP threading layer is thread-safe (the GUI and a
+script may solve at once) but not fork-safe: a process that has solved must not solve again in a
+child it forks without exec, so forked children (multiprocessing's default "fork" start
+method) sweep on one thread.
+
 Layouts (see `SweepSystem`): a family's nodes are (n, t, lines, B), chain axis first and the B
 vectors innermost; the other family's nodes, read as this family's source, are
 (lines, t, n, B) from its point of view. Factors (forward, backward) and scaled stamps have a last
@@ -17,12 +23,83 @@ axis of 1 (shared by all vectors) or B (per-vector stamps, Newton's method).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def sweep_lines(
+@njit(cache=True, nogil=True, boundscheck=False)
+def _solve_line(
+    x: np.ndarray,
+    forward: np.ndarray,
+    backward: np.ndarray,
+    source: np.ndarray,
+    scale: np.ndarray,
+    extra: np.ndarray,
+    first: np.ndarray,
+    use_source: bool,
+    use_extra: bool,
+    use_first: bool,
+    t: int,
+    j: int,
+) -> None:  # pragma: no cover - compiled
+    """Line j of array t: x[:, t, j] (n, B) overwritten with the solution of its scaled
+    tridiagonal system whose scaled right-hand side at node k is source[j, t, k] * scale[k, t, j]
+    (if use_source) + extra[k, t, j] (if use_extra) + first[t, j] at node 0 (if use_first);
+    forward / backward are the line factors of `_factor_chains` (x_k += forward_k x_{k-1}, then
+    x_k += backward_k x_{k+1}), with a last axis of 1 (shared) or B (per vector)."""
+    n, batch = x.shape[0], x.shape[3]
+    per_vector_factors = forward.shape[3] > 1
+    per_vector_scale = scale.shape[3] > 1
+    for k in range(n):
+        node = x[k, t, j]
+        if use_source:
+            src = source[j, t, k]
+            sc = scale[k, t, j]
+            if per_vector_scale:
+                for q in range(batch):
+                    node[q] = src[q] * sc[q]
+            else:
+                s0 = sc[0]
+                for q in range(batch):
+                    node[q] = src[q] * s0
+        else:
+            for q in range(batch):
+                node[q] = 0.0
+        if use_extra:
+            add = extra[k, t, j]
+            for q in range(batch):
+                node[q] += add[q]
+        if use_first and k == 0:
+            add = first[t, j]
+            for q in range(batch):
+                node[q] += add[q]
+        if k > 0:
+            previous = x[k - 1, t, j]
+            factor = forward[k, t, j]
+            if per_vector_factors:
+                for q in range(batch):
+                    node[q] += factor[q] * previous[q]
+            else:
+                f0 = factor[0]
+                for q in range(batch):
+                    node[q] += f0 * previous[q]
+    for k in range(n - 2, -1, -1):
+        node = x[k, t, j]
+        following = x[k + 1, t, j]
+        factor = backward[k, t, j]
+        if per_vector_factors:
+            for q in range(batch):
+                node[q] += factor[q] * following[q]
+        else:
+            b0 = factor[0]
+            for q in range(batch):
+                node[q] += b0 * following[q]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _sweep_parallel(
     x: np.ndarray,
     forward: np.ndarray,
     backward: np.ndarray,
@@ -34,61 +111,46 @@ def sweep_lines(
     use_extra: bool,
     use_first: bool,
 ) -> None:  # pragma: no cover - compiled
-    """Overwrite x (n, t, lines, B) with the solution of every line's scaled tridiagonal system
-    whose scaled right-hand side at node k of line l is
-    source[l, :, k] * scale[k, :, l] (if use_source) + extra[k, :, l] (if use_extra)
-    + first[:, l] at node 0 (if use_first); forward / backward are the line factors of
-    `_factor_chains` (x_k += forward_k x_{k-1}, then x_k += backward_k x_{k+1})."""
-    n, t_count, lines, batch = x.shape
-    per_vector_factors = forward.shape[3] > 1
-    per_vector_scale = scale.shape[3] > 1
-    for line in prange(t_count * lines):
-        t = line // lines
-        j = line % lines
-        for k in range(n):
-            node = x[k, t, j]
-            if use_source:
-                src = source[j, t, k]
-                sc = scale[k, t, j]
-                if per_vector_scale:
-                    for q in range(batch):
-                        node[q] = src[q] * sc[q]
-                else:
-                    s0 = sc[0]
-                    for q in range(batch):
-                        node[q] = src[q] * s0
-            else:
-                for q in range(batch):
-                    node[q] = 0.0
-            if use_extra:
-                add = extra[k, t, j]
-                for q in range(batch):
-                    node[q] += add[q]
-            if use_first and k == 0:
-                add = first[t, j]
-                for q in range(batch):
-                    node[q] += add[q]
-            if k > 0:
-                previous = x[k - 1, t, j]
-                factor = forward[k, t, j]
-                if per_vector_factors:
-                    for q in range(batch):
-                        node[q] += factor[q] * previous[q]
-                else:
-                    f0 = factor[0]
-                    for q in range(batch):
-                        node[q] += f0 * previous[q]
-        for k in range(n - 2, -1, -1):
-            node = x[k, t, j]
-            following = x[k + 1, t, j]
-            factor = backward[k, t, j]
-            if per_vector_factors:
-                for q in range(batch):
-                    node[q] += factor[q] * following[q]
-            else:
-                b0 = factor[0]
-                for q in range(batch):
-                    node[q] += b0 * following[q]
+    """Every line of x (n, t, lines, B) by `_solve_line`, lines in parallel."""
+    lines = x.shape[2]
+    for line in prange(x.shape[1] * lines):
+        _solve_line(
+            x, forward, backward, source, scale, extra, first, use_source, use_extra, use_first,
+            line // lines, line % lines,
+        )  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def _sweep_serial(
+    x: np.ndarray,
+    forward: np.ndarray,
+    backward: np.ndarray,
+    source: np.ndarray,
+    scale: np.ndarray,
+    extra: np.ndarray,
+    first: np.ndarray,
+    use_source: bool,
+    use_extra: bool,
+    use_first: bool,
+) -> None:  # pragma: no cover - compiled
+    """`_sweep_parallel` on one thread (in forked children, where OpenMP is unsafe)."""
+    lines = x.shape[2]
+    for line in range(x.shape[1] * lines):
+        _solve_line(
+            x, forward, backward, source, scale, extra, first, use_source, use_extra, use_first,
+            line // lines, line % lines,
+        )  # fmt: skip
+
+
+_forked = False
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
 
 
 _UNUSED = np.zeros((1, 1, 1, 1))
@@ -103,11 +165,12 @@ def solve_family(
     extra: np.ndarray | None = None,
     first: np.ndarray | None = None,
 ) -> None:
-    """`sweep_lines` with None for the parts of the right-hand side that are absent. All arrays
-    float64 and C-contiguous (one compiled variant): x (n, t, lines, B) written in place,
-    forward / backward / scale (n, t, lines, 1 or B), source (lines, t, n, B), extra like x,
-    first (t, lines, B)."""
-    sweep_lines(
+    """Solve every line of one family (see `_solve_line`); None leaves that part of the
+    right-hand side out. All arrays float64 and C-contiguous (one compiled variant):
+    x (n, t, lines, B) written in place, forward / backward / scale (n, t, lines, 1 or B),
+    source (lines, t, n, B), extra like x, first (t, lines, B)."""
+    sweep = _sweep_serial if _forked else _sweep_parallel
+    sweep(
         x, forward, backward,
         _UNUSED if source is None else source, _UNUSED if scale is None else scale,
         _UNUSED if extra is None else extra, _UNUSED[0] if first is None else first,

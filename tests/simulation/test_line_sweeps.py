@@ -1,5 +1,6 @@
 """Compiled line sweeps (`solve_family`) against dense tridiagonal solves of every line."""
 
+import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -84,3 +85,25 @@ def test_concurrent_sweeps_from_two_threads_do_not_interfere() -> None:
         results = list(pool.map(solve, extras))
     for result, reference in zip(results, expected, strict=True):
         np.testing.assert_allclose(result, reference, rtol=1e-12, atol=1e-12)
+
+
+def _solve_in_child(queue: "multiprocessing.Queue[float]", extra: np.ndarray) -> None:
+    diagonal, coupling = _chains(np.random.default_rng(10), 1)
+    forward, inverse, backward = _factor_chains(diagonal, coupling)
+    x = np.empty_like(extra)
+    solve_family(x, forward, backward, extra=np.ascontiguousarray(extra * inverse))
+    queue.put(float(np.abs(x - _dense_solve(diagonal, coupling, extra)).max()))
+
+
+def test_a_forked_child_still_solves() -> None:
+    """GNU OpenMP aborts a forked child that enters a parallel region its parent used; forked
+    children sweep on one thread instead (multiprocessing's default start method on Linux)."""
+    extra = np.random.default_rng(11).normal(size=(N, T, LINES, B))
+    _solve_in_child(multiprocessing.Queue(), extra)  # the parent's parallel region first
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_solve_in_child, args=(queue, extra))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) < 1e-12
