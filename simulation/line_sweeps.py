@@ -150,7 +150,8 @@ def _mark_forked() -> None:
     _forked = True
 
 
-os.register_at_fork(after_in_child=_mark_forked)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_mark_forked)
 
 
 _UNUSED = np.zeros((1, 1, 1, 1))
