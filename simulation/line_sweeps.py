@@ -6,8 +6,9 @@ Thomas' algorithm along each line, with the right-hand side built from the other
 voltages on the fly. Done here line by line, a line's nodes (n x B numbers) stay in the core's
 cache between the forward and the backward pass, the other family's voltages are read once, and
 lines run in parallel on all cores. With torch ops node by node over all lines at once (one op
-per node, the whole array streamed through memory per pass) the same work took 2x as long on
-two cores, and more cores did not help.
+per node, the whole array streamed through memory per pass) the same work took about as long
+as this kernel on one thread and 2x as long as it on two: splitting the lines over a second
+thread (Python threads, TorchScript fork) gained nothing there.
 
 The kernel is compiled on first use on a machine (a few seconds; cached in __pycache__ after,
 about 0.25 s to load per process). Numba's OpenMP threading layer is thread-safe (the GUI and a
