@@ -51,7 +51,6 @@ import torch
 
 from simulation import buffers
 from simulation.line_drops import DTYPE_ACCURACY, NEWTON_LIMIT, DropCrossbar, DropSolver
-from simulation.line_sweeps import solve_family
 
 DeviceFunction = Callable[[np.ndarray], np.ndarray]
 """Per-device function of device voltages (..., rows, cols) in V -> (..., rows, cols): the device
@@ -549,6 +548,8 @@ class SweepSystem:
         atol = (word, bit) V on each family's ends (an inexact solve: a Newton correction needs
         only the accuracy of the answer); a system whose rate is known (`rate`) may stop after
         two sweeps."""
+        from simulation.line_sweeps import solve_family  # numba: 0.15 s, not at start-up
+
         rows, cols = self.lines.rows, self.lines.cols
         batch = next(f.shape[-1] for f in (f_u, f_b, f_u0) if f is not None)
         inv_w, inv_b = self.word[1], self.bit[1]
@@ -595,6 +596,8 @@ class SweepSystem:
         word line's first node alone (once per system): the first sweep's word solve when only
         the drivers inject (b = 0) is then one multiply."""
         if self._drive_response is None:
+            from simulation.line_sweeps import solve_family
+
             forward, _, backward = self.word
             response = np.empty(forward.shape)
             solve_family(response, forward, backward, first=np.ones(forward.shape[1:]))

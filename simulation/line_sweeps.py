@@ -10,11 +10,11 @@ per node, the whole array streamed through memory per pass) the same work took a
 as this kernel on one thread and 2x as long as it on two: splitting the lines over a second
 thread (Python threads, TorchScript fork) gained nothing there.
 
-The kernel is compiled on first use on a machine (a few seconds; cached in __pycache__ after,
-about 0.25 s to load per process). Numba's OpenMP threading layer is thread-safe (the GUI and a
-script may solve at once) but not fork-safe: a process that has solved must not solve again in a
-child it forks without exec, so forked children (multiprocessing's default "fork" start
-method) sweep on one thread.
+The kernel is compiled on first use on a machine (a few seconds; cached in __pycache__ after;
+numba is imported and the cache loaded on the first solve of a process, ~0.4 s). Numba's OpenMP
+threading layer is thread-safe (the GUI and a script may solve at once) but not fork-safe: a
+process that has solved must not solve again in a child it forks without exec, so forked
+children (multiprocessing's default "fork" start method) sweep on one thread.
 
 Layouts (see `SweepSystem`): a family's nodes are (n, t, lines, B), chain axis first and the B
 vectors innermost; the other family's nodes, read as this family's source, are
@@ -31,25 +31,14 @@ from numba import njit, prange
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _solve_line(
-    x: np.ndarray,
-    forward: np.ndarray,
-    backward: np.ndarray,
-    source: np.ndarray,
-    scale: np.ndarray,
-    extra: np.ndarray,
-    first: np.ndarray,
-    use_source: bool,
-    use_extra: bool,
-    use_first: bool,
-    t: int,
-    j: int,
-) -> None:  # pragma: no cover - compiled
+def _solve_line(x: np.ndarray, parts: tuple, t: int, j: int) -> None:  # pragma: no cover - compiled
     """Line j of array t: x[:, t, j] (n, B) overwritten with the solution of its scaled
     tridiagonal system whose scaled right-hand side at node k is source[j, t, k] * scale[k, t, j]
     (if use_source) + extra[k, t, j] (if use_extra) + first[t, j] at node 0 (if use_first);
     forward / backward are the line factors of `_factor_chains` (x_k += forward_k x_{k-1}, then
-    x_k += backward_k x_{k+1}), with a last axis of 1 (shared) or B (per vector)."""
+    x_k += backward_k x_{k+1}), with a last axis of 1 (shared) or B (per vector); parts is
+    (forward, backward, source, scale, extra, first, use_source, use_extra, use_first)."""
+    forward, backward, source, scale, extra, first, use_source, use_extra, use_first = parts
     n, batch = x.shape[0], x.shape[3]
     per_vector_factors = forward.shape[3] > 1
     per_vector_scale = scale.shape[3] > 1
@@ -100,47 +89,17 @@ def _solve_line(
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _sweep_parallel(
-    x: np.ndarray,
-    forward: np.ndarray,
-    backward: np.ndarray,
-    source: np.ndarray,
-    scale: np.ndarray,
-    extra: np.ndarray,
-    first: np.ndarray,
-    use_source: bool,
-    use_extra: bool,
-    use_first: bool,
-) -> None:  # pragma: no cover - compiled
+def _sweep_parallel(x: np.ndarray, parts: tuple) -> None:  # pragma: no cover - compiled
     """Every line of x (n, t, lines, B) by `_solve_line`, lines in parallel."""
-    lines = x.shape[2]
-    for line in prange(x.shape[1] * lines):
-        _solve_line(
-            x, forward, backward, source, scale, extra, first, use_source, use_extra, use_first,
-            line // lines, line % lines,
-        )  # fmt: skip
+    for line in prange(x.shape[1] * x.shape[2]):
+        _solve_line(x, parts, line // x.shape[2], line % x.shape[2])
 
 
 @njit(cache=True, nogil=True)
-def _sweep_serial(
-    x: np.ndarray,
-    forward: np.ndarray,
-    backward: np.ndarray,
-    source: np.ndarray,
-    scale: np.ndarray,
-    extra: np.ndarray,
-    first: np.ndarray,
-    use_source: bool,
-    use_extra: bool,
-    use_first: bool,
-) -> None:  # pragma: no cover - compiled
+def _sweep_serial(x: np.ndarray, parts: tuple) -> None:  # pragma: no cover - compiled
     """`_sweep_parallel` on one thread (in forked children, where OpenMP is unsafe)."""
-    lines = x.shape[2]
-    for line in range(x.shape[1] * lines):
-        _solve_line(
-            x, forward, backward, source, scale, extra, first, use_source, use_extra, use_first,
-            line // lines, line % lines,
-        )  # fmt: skip
+    for line in range(x.shape[1] * x.shape[2]):
+        _solve_line(x, parts, line // x.shape[2], line % x.shape[2])
 
 
 _forked = False
@@ -172,9 +131,10 @@ def solve_family(
     x (n, t, lines, B) written in place, forward / backward / scale (n, t, lines, 1 or B),
     source (lines, t, n, B), extra like x, first (t, lines, B)."""
     sweep = _sweep_serial if _forked else _sweep_parallel
-    sweep(
-        x, forward, backward,
+    parts = (
+        forward, backward,
         _UNUSED if source is None else source, _UNUSED if scale is None else scale,
         _UNUSED if extra is None else extra, _UNUSED[0] if first is None else first,
         source is not None, extra is not None, first is not None,
     )  # fmt: skip
+    sweep(x, parts)
