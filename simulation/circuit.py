@@ -1337,6 +1337,12 @@ class ElementwiseDevices(ABC):
         """dI/dp per parameter (shaped like volts) at volts, where the current is flow; out: a
         spare array like volts that one of them may be written into, or None."""
 
+    def closed_form(self, prepared: Sequence[Any]) -> tuple[Any, Any] | None:
+        """(c, beta) in A/V and 1/sqrt(V) if these devices are I = c V e^(beta sqrt|V|) with
+        parameters (c,) (beta None: linear devices) or (ln c, beta), which the compiled
+        Newton path (`simulation.drop_kernels`) solves; None (the default) otherwise."""
+        return None
+
 
 class _LinearDevices(ElementwiseDevices):
     """Linear devices: the parameter is the conductance G in S; I = G V, dI/dV = G, dI/dG = V."""
@@ -1355,6 +1361,9 @@ class _LinearDevices(ElementwiseDevices):
 
     def partials(self, volts, prepared, flow, out=None):
         return (volts,)
+
+    def closed_form(self, prepared):
+        return prepared[0], None
 
 
 _LINEAR_DEVICES = _LinearDevices()

@@ -28,6 +28,13 @@ each for low-R; the cost is the products with W, 0.8 GFLOP each for a 784-input 
 vectors). `DropSolver.rate_bound` tells which applies;
 `simulation.circuit.crossbar_currents` uses this module when rho <= `NEWTON_LIMIT` and its
 nodal solvers otherwise.
+
+On CPU tensors, devices with a closed form (`ElementwiseDevices.closed_form`: linear and
+Poole-Frenkel) are solved by the compiled kernels of `simulation.drop_kernels` in both regimes:
+Newton with the same conjugate gradients, forcing terms and stopping rules, one tile and up to 32
+vectors at a time with W applied by running sums (O(rows cols) per vector instead of two dense
+products). The torch operations here serve other devices (and `USE_COMPILED = False`) and are
+the kernels' reference in the tests.
 """
 
 from __future__ import annotations
@@ -56,6 +63,11 @@ NEWTON_LIMIT = 64.0
 """Largest rho for which `newton` is used (conjugate gradients need about sqrt(1 + rho) log(1 /
 accuracy) products with W); beyond it the nodal solvers of `simulation.circuit`."""
 
+USE_COMPILED = True
+"""Solve devices with a closed form (`ElementwiseDevices.closed_form`) on CPU tensors by the
+compiled kernels of `simulation.drop_kernels`; False: by the torch operations here (which is
+what runs on other devices, and the reference the kernels are tested against)."""
+
 DTYPE_ACCURACY = {torch.float32: 2.0**-19, torch.float64: 2.0**-46}
 """Relative accuracy a differentiable solve is asked for at most, per dtype of its inputs (16
 and 128 units in the last place: float32 solves are float32-accurate, about 2e-6 of the largest
@@ -71,18 +83,24 @@ class DropSolver:
         rows, cols = lines.rows, lines.cols
         self.word: np.ndarray | None = None  # (1 or rows, cols, cols), or (rows,) in node mode
         self.bit: np.ndarray | None = None  # (1 or cols, rows, rows), or (cols,) in node mode
+        self.to_driver = np.zeros((rows, cols))
+        """Each cell's resistance to its word line's driver in Ohm (rows, cols)."""
+        self.to_sense = np.zeros((rows, cols))
+        """Each cell's resistance to its bit line's sense node in Ohm (rows, cols)."""
         if lines.word_mode == "segment":
-            shared = np.cumsum(1.0 / lines.word_g, axis=1)  # resistance from driver to cell
+            self.to_driver = np.cumsum(1.0 / lines.word_g, axis=1)
             index = np.minimum.outer(np.arange(cols), np.arange(cols))
-            self.word = _distinct(shared[:, index])  # (rows, cols, cols)
+            self.word = _distinct(self.to_driver[:, index])  # (rows, cols, cols)
         elif lines.word_mode == "node":
             self.word = 1.0 / lines.word_g
+            self.to_driver[:] = self.word[:, None]
         if lines.bit_mode == "segment":
-            shared = np.cumsum((1.0 / lines.bit_g)[::-1], axis=0)[::-1]  # from cell to sense
+            self.to_sense = np.cumsum((1.0 / lines.bit_g)[::-1], axis=0)[::-1].copy()
             index = np.maximum.outer(np.arange(rows), np.arange(rows))
-            self.bit = _distinct(np.moveaxis(shared[index], -1, 0))  # (cols, rows, rows)
+            self.bit = _distinct(np.moveaxis(self.to_sense[index], -1, 0))  # (cols, rows, rows)
         elif lines.bit_mode == "node":
             self.bit = 1.0 / lines.bit_g
+            self.to_sense[:] = self.bit[None, :]
         self._tensors: dict[torch.dtype, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
         self.last_iterations = 0
         """Iterations of the last forward solve."""
@@ -266,7 +284,8 @@ def newton(
 class DropCrossbar(torch.autograd.Function):
     """Output currents (B, t, cols) in A and device power (B,) in W of t arrays with applied
     voltages (B, t, rows) in V and `ElementwiseDevices` parameters (t, rows, cols), by the
-    fixed point (rate <= RATE_LIMIT) or `newton`; inputs: voltages, solver, devices, rate,
+    compiled kernels (closed-form devices on CPU, see `USE_COMPILED`), else the fixed point
+    (rate <= RATE_LIMIT) or `newton`; inputs: voltages, solver, devices, rate,
     tolerance, max_iterations, *params. Stops at tolerance times the largest |applied
     voltage| (forward) or |output gradient| (backward). The parameters' gradient is the
     adjoint-weighted dI/dp, summed over the vectors."""
@@ -277,6 +296,15 @@ class DropCrossbar(torch.autograd.Function):
         prepared = devices.prepare([p.detach().to(dtype) for p in params])
         applied = voltages.detach().to(dtype)[..., None]  # (B, t, rows, 1)
         shape = (*applied.shape[:-1], solver.lines.cols)
+        closed = devices.closed_form(prepared) if USE_COMPILED else None
+        ctx.lane_solve = None
+        if closed is not None and applied.device.type == "cpu":
+            ctx.lane_solve, out, power = _compiled_forward(
+                solver, closed, applied[..., 0], tolerance, max_iterations
+            )
+            ctx.devices, ctx.tolerance = devices, tolerance
+            ctx.mark_non_differentiable(power)
+            return out.to(voltages.dtype), power.to(voltages.dtype)
         if rate > RATE_LIMIT:
             volts, solver.last_iterations = newton(
                 solver, devices, prepared, applied, shape[-1], tolerance, max_iterations
@@ -304,6 +332,8 @@ class DropCrossbar(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_power):  # type: ignore[override]
+        if ctx.lane_solve is not None:
+            return _compiled_backward(ctx, grad_out)
         volts, flow, stamps = ctx.saved_tensors
         h = grad_out.to(volts.dtype)[:, :, None, :]
         # mu = h - W D mu: the transposed Newton system at the solution (W is symmetric).
@@ -334,3 +364,42 @@ class DropCrossbar(torch.autograd.Function):
                 if ctx.needs_input_grad[6 + k]:
                     grads[k] = torch.mul(mu, partial, out=work).sum(dim=0).to(grad_out)
         return (grad_v, None, None, None, None, None, *grads)
+
+
+def _compiled_forward(
+    solver: DropSolver,
+    closed: tuple[torch.Tensor, torch.Tensor | None],
+    applied: torch.Tensor,
+    tolerance: float,
+    max_iterations: int,
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """`newton` by the compiled kernel (`simulation.drop_kernels`) for devices with a closed
+    form (c, beta): the solve kept for the adjoint, output currents (B, t, cols) and power
+    (B,), of applied voltages (B, t, rows) in V."""
+    from simulation import drop_kernels  # numba: imported on first use
+
+    c, beta = (None if p is None else p.expand(applied.shape[1], *solver.to_driver.shape)
+               for p in closed)  # fmt: skip
+    floor = DTYPE_ACCURACY.get(applied.dtype, 2.0**-46)
+    limit = max(tolerance, floor) * _largest(applied)
+    out, power, solver.last_iterations, solve = drop_kernels.forward(
+        applied.numpy(), c.numpy(), None if beta is None else beta.numpy(), solver.to_driver,
+        solver.to_sense, limit, max_iterations,
+    )  # fmt: skip
+    return solve, torch.from_numpy(out), torch.from_numpy(power)
+
+
+def _compiled_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """`DropCrossbar.backward` for a compiled forward solve: the adjoint to the same accuracy
+    as the torch path's."""
+    solve = ctx.lane_solve
+    floor = DTYPE_ACCURACY.get(torch.from_numpy(solve.volts[:0]).dtype, 2.0**-46)
+    grad_v, grad_c, grad_beta = solve.backward(
+        grad_out.detach().numpy(), max(ctx.tolerance, 4 * floor)
+    )
+    grads = [None] * (len(ctx.needs_input_grad) - 6)
+    for k, grad in enumerate((grad_c, grad_beta)[: len(grads)]):
+        if ctx.needs_input_grad[6 + k]:
+            grads[k] = torch.from_numpy(grad).to(grad_out)
+    grad_v = torch.from_numpy(grad_v).to(grad_out) if ctx.needs_input_grad[0] else None
+    return (grad_v, None, None, None, None, None, *grads)

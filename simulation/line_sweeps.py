@@ -110,6 +110,12 @@ def _mark_forked() -> None:
     _forked = True
 
 
+def in_forked_child() -> bool:
+    """Whether this process was forked (without exec) from one that may have run compiled
+    parallel code: OpenMP regions must then run on one thread."""
+    return _forked
+
+
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
     os.register_at_fork(after_in_child=_mark_forked)
 
@@ -130,7 +136,7 @@ def solve_family(
     right-hand side out. All arrays float64 and C-contiguous (one compiled variant):
     x (n, t, lines, B) written in place, forward / backward / scale (n, t, lines, 1 or B),
     source (lines, t, n, B), extra like x, first (t, lines, B)."""
-    sweep = _sweep_serial if _forked else _sweep_parallel
+    sweep = _sweep_serial if in_forked_child() else _sweep_parallel
     parts = (
         forward, backward,
         _UNUSED if source is None else source, _UNUSED if scale is None else scale,

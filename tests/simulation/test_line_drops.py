@@ -1,10 +1,13 @@
-"""The IR-drop fixed-point solver (`simulation.line_drops`): its operator against the nodal
-solution, its rate bound, outputs and gradients against the nodal solvers, and when it applies."""
+"""The IR-drop solvers (`simulation.line_drops`): its operator against the nodal solution, its
+rate bound, outputs and gradients against the nodal solvers, and when it applies. Every test
+runs on both paths: the compiled kernels (`simulation.drop_kernels`, the default on CPU) and
+the torch operations (other devices)."""
 
 import numpy as np
 import pytest
 import torch
 
+from simulation import line_drops
 from simulation.circuit import (
     CrossbarLines,
     _drop_route,
@@ -26,6 +29,12 @@ LINE_CASES = {
     "ideal bit lines": (0.4, 0.0, 0.0, 0.0),
     "bit lines one node behind the sense": (0.3, 0.0, 0.0, 15.0),
 }
+
+
+@pytest.fixture(params=[True, False], ids=["compiled", "torch"], autouse=True)
+def solver_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    monkeypatch.setattr(line_drops, "USE_COMPILED", request.param)
+    return request.param
 
 
 def _lines(case: str, shape: tuple[int, int], rng: np.random.Generator) -> CrossbarLines:
