@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange, set_parallel_chunksize
 
 from simulation.buffers import empty
-from simulation.line_drops import FORCING
+from simulation.line_drops import forcing_term
 from simulation.line_sweeps import in_forked_child
 
 SERIES_LIMIT = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 2.0}
@@ -43,6 +44,8 @@ term left out is below the dtype's rounding; squaring twice multiplies rounding 
 use the library exp (not vectorised)."""
 
 _FLAGS = {"cache": True, "nogil": True, "boundscheck": False, "fastmath": {"contract"}}
+
+_forcing_term = njit(cache=True)(forcing_term)
 
 
 def constants(dtype: np.dtype) -> np.ndarray:
@@ -291,7 +294,7 @@ def _newton_item(applied, c, beta, linear, rw, qb, limit, scale, max_iterations,
         size = _subtract_drops(
             flow, flow[:0], step, rw, qb, scratch, root, work[4], lanes_scratch[0]
         )
-        forcing = min(FORCING, max(size / max(scale, 1e-300), 0.1 * limit / max(size, 1e-300)))
+        forcing = _forcing_term(size, scale, limit)
         moved, iterations = _cg(root, step, rw, qb, forcing, cg_limit, work[3:], scratch,
                                 lanes_scratch)  # fmt: skip
         if iterations < 0:
@@ -407,17 +410,27 @@ def _backward_serial(items, parts):  # pragma: no cover - compiled
 LANES = 32
 """Most vectors per item (the innermost, vectorised loop runs over them)."""
 
+WORKSPACE_BYTES = 256 * 2**20
+"""Most bytes of scratch fields kept per Python thread between calls."""
+
 _workspaces = threading.local()
 
 
 def _workspace(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Scratch fields (threads, 7, rows, cols, lanes) kept per Python thread for the next call
-    of the same shape (fresh multi-megabyte arrays cost their page faults each time)."""
-    cached = getattr(_workspaces, "array", None)
-    if cached is None or cached.shape != shape or cached.dtype != dtype:
-        cached = empty(shape, dtype)
-        _workspaces.array = cached if cached.nbytes <= 256 * 2**20 else None
-    return cached
+    """Scratch fields (threads, 7, rows, cols, lanes) kept per Python thread and shape for later
+    calls (a network's layers take turns; fresh multi-megabyte arrays cost their page faults
+    each time), the least recently used dropped beyond WORKSPACE_BYTES."""
+    cache = getattr(_workspaces, "arrays", None)
+    if cache is None:
+        cache = _workspaces.arrays = OrderedDict()
+    key = (shape, np.dtype(dtype))
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    array = cache[key] = empty(shape, dtype)
+    while sum(a.nbytes for a in cache.values()) > WORKSPACE_BYTES:
+        cache.popitem(last=False)
+    return array
 
 
 def _lanes(batch: int) -> tuple[int, int]:

@@ -49,11 +49,20 @@ import torch
 if TYPE_CHECKING:
     from simulation.circuit import CrossbarLines, ElementwiseDevices
 
-FORCING = 0.03
+FORCING = 0.003
 """Largest relative residual a Newton step's conjugate gradients are asked for (inexact Newton:
-far from the solution a step need not be solved accurately; near it the forcing term falls with
-the residual, and never below what the tolerance needs). Each CG iteration costs about as much
-as a Newton step's device evaluation, so loose early steps pay."""
+far from the solution a step need not be solved accurately; see `forcing_term`)."""
+
+
+def forcing_term(size: float, scale: float, limit: float) -> float:
+    """The relative residual asked of a Newton step's linear solve when the residual's largest
+    element is `size` volts, the applied voltages' `scale` and the stopping `limit`: FORCING,
+    falling as (size / scale)^1.5 near the solution (superlinear convergence), never below
+    what the limit needs (0.1 limit / size). On low-R SiOx tiles this converges in three Newton
+    steps where FORCING = 0.03 with a linear fall took four, with fewer CG iterations in all."""
+    tiny = 1e-300
+    return min(FORCING, max((size / max(scale, tiny)) ** 1.5, 0.1 * limit / max(size, tiny)))
+
 
 RATE_LIMIT = 0.1
 """Largest contraction bound rho for which the fixed point is used (about ten iterations to
@@ -267,7 +276,7 @@ def newton(
         residual = solver.subtract_drops(applied, flow).sub_(volts)  # -F
         size = _largest(residual)
         # inexact Newton: loose linear solves far from the solution, none tighter than needed
-        forcing = min(FORCING, max(size / max(scale, 1e-300), 0.1 * limit / max(size, 1e-300)))
+        forcing = forcing_term(size, scale, limit)
         step = solve_jacobian(solver, stamps, residual, forcing, 50 * max_iterations)
         moved = _largest(step)
         volts += step

@@ -77,6 +77,7 @@ class LineResistance(ConfigIdentity):
         self.tile_shape = (rows, cols)
         self.tolerance = float(tolerance)
         self._tilings: dict[tuple[int, int], _Tiling] = {}
+        self._tile_lines: dict[tuple[int, int], CrossbarLines] = {}
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -103,6 +104,14 @@ class LineResistance(ConfigIdentity):
             self._tilings[shape] = _Tiling(shape, self.tile_shape)
         return self._tilings[shape]
 
+    def _lines(self, tile: tuple[int, int]) -> CrossbarLines:
+        """The lines of one tile (cached per tile shape)."""
+        if tile not in self._tile_lines:
+            self._tile_lines[tile] = CrossbarLines.build(
+                tile, self.r_word, self.r_bit, self.r_driver, self.r_sense
+            )
+        return self._tile_lines[tile]
+
     def column_currents(
         self,
         voltages: torch.Tensor,
@@ -113,9 +122,7 @@ class LineResistance(ConfigIdentity):
         """Bit-line currents (batch, cols) in A and device power (batch,) in W of a layer's
         array, voltages (batch, rows) in V, conductances (rows, cols) in S (disturbed)."""
         tiling = self.tiling(tuple(conductances.shape))
-        lines = CrossbarLines.build(
-            tiling.tile, self.r_word, self.r_bit, self.r_driver, self.r_sense
-        )
+        lines = self._lines(tiling.tile)
         v_tiles = tiling.voltages(voltages)
         if current_model.is_linear:
             g_tiles = tiling.gather(conductances) * tiling.cell_mask.to(conductances)
