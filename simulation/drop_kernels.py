@@ -1,27 +1,29 @@
 """Compiled inexact Newton for the IR-drop form v = V - W I(v) (numba), forward and adjoint.
 
-The same method as `simulation.line_drops.newton` / `solve_jacobian` (Newton from v = V, each
-step by conjugate gradients on (1 + D^1/2 W D^1/2), stopped at the same forcing terms and
-tolerances), for the two device kinds that training uses, I = c V e^(beta sqrt|V|)
-(Poole-Frenkel; beta = 0: linear devices of conductance c). Done with torch operations, each CG
-iteration streams a dozen whole arrays through memory and the product with W is a dense matrix
-product per line type; here one array (a tile, up to `LANES` vectors) is finished before the
-next, with
+The method of `simulation.line_drops.newton` / `solve_jacobian` (Newton from v = V, each step
+by conjugate gradients on (1 + D^1/2 W D^1/2), the same forcing terms and tolerances) for the
+two device kinds training uses, I = c V e^(beta sqrt|V|) (Poole-Frenkel; beta = 0: linear
+devices of conductance c). With torch operations each CG iteration streams a dozen whole
+arrays through memory and the product with W is a dense matrix product per line type; here one
+item (a tile and up to `LANES` vectors) is finished before the next, with
 
-- the vectors innermost ("lanes"), so every loop runs over up to 64 independent vectors at once
+- the vectors innermost ("lanes"): every loop runs over up to 32 independent vectors at once
   (vectorised), and the devices' parameters, one per cell, are scalars in it;
 - W applied in O(rows cols) by running sums: on a word line the drop at cell j is
-  sum_l R(min(j, l)) f_l = A_j + R(j) (total - prefix_j), R the resistance from the driver, A the
-  running sum of R f; on a bit line the rise at cell i is Q(i) prefix_i + (T - running sum of Q
-  f), Q the resistance to the sense node, T the line's sum of Q f. Both families go forward
-  only, the word lines row by row inside the CG's first pass;
+  sum_l R(min(j, l)) f_l = A_j + R(j) (total - prefix_j), R the resistance from the driver, A
+  the running sum of R f; on a bit line the rise at cell i is Q(i) prefix_i + (T - running sum
+  of Q f), Q the resistance to the sense node, T the line's sum of Q f;
+- CG in two passes per iteration, preconditioned by a coarse correction on each bit line's
+  smooth mode (`_cg`: low-R tiles' condition number ~6 -> ~2.6);
 - exp evaluated by its series (exp(x) = (exp(x / 4))^4, x >= 0), which vectorises (numba has
-  no vector exp without Intel's SVML); arrays whose x exceed `SERIES_LIMIT` use the library's.
+  no vector exp without Intel's SVML); items whose x exceed `SERIES_LIMIT` use the library's.
 
-Arrays (per item: one tile and up to LANES vectors): fields (items, rows, cols, lanes), device
-parameters (tiles, rows, cols) indexed by the item's tile, applied voltages (items, rows,
-lanes). Tiles run in parallel (numba's OpenMP layer: not fork-safe, so forked children run on
-one thread; see `simulation.line_sweeps`). Compiled on first use and cached in __pycache__.
+Arrays: fields (items, rows, cols, lanes), device parameters (tiles, rows, cols) indexed by the
+item's tile, applied voltages (items, rows, lanes). Items run in parallel, handed out one by
+one (numba's OpenMP layer: not fork-safe, so forked children run on one thread; see
+`simulation.line_sweeps`). Compiled on first use (~40 s per dtype) and cached in __pycache__;
+numba's cache does not see changes in other modules, so everything compiled here is defined
+here.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange, set_parallel_chunksize
 
 from simulation.buffers import empty
-from simulation.line_drops import forcing_term
 from simulation.line_sweeps import in_forked_child
 
 SERIES_LIMIT = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 2.0}
@@ -45,7 +46,22 @@ use the library exp (not vectorised)."""
 
 _FLAGS = {"cache": True, "nogil": True, "boundscheck": False, "fastmath": {"contract"}}
 
-_forcing_term = njit(cache=True)(forcing_term)
+
+FORCING = 0.01
+"""Largest relative residual a Newton step's conjugate gradients are asked for (inexact Newton:
+far from the solution a step need not be solved accurately; see `forcing_term`)."""
+
+
+@njit(cache=True)
+def forcing_term(size: float, scale: float, limit: float) -> float:
+    """The relative residual asked of a Newton step's linear solve when the residual's largest
+    element is `size` volts, the applied voltages' `scale` and the stopping `limit`: FORCING,
+    falling as (size / scale)^1.5 near the solution (superlinear convergence), never below
+    what the limit needs (0.1 limit / size). Low-R SiOx on 113 x 50 tiles, float32, with the
+    kernels' preconditioner: three Newton steps and ~14 CG iterations per tile (cap 0.03, or a
+    linear fall: four steps, ~16 iterations; cap 0.003: three steps, ~16)."""
+    tiny = 1e-300
+    return min(FORCING, max((size / max(scale, tiny)) ** 1.5, 0.1 * limit / max(size, tiny)))
 
 
 def constants(dtype: np.dtype) -> np.ndarray:
@@ -164,23 +180,58 @@ def _subtract_drops(f, weight, out, rw, qb, scratch, root, r, rr):  # pragma: no
 
 
 @njit(**_FLAGS)
+def _coarse_weights(root, rw, qb, gamma, norm, prefix, quadratic):  # pragma: no cover
+    """The coarse correction of `_cg`'s preconditioner for one item: per bit line j and lane,
+    u_j = root qb on the line (its smooth mode: each cell's resistance to the sense node),
+    norm = u_j . u_j and gamma = (1 / E - 1) / norm, E = 1 + u_j . S u_j / norm (S = root W
+    root: the bit line's part sum_k s_k (sum_{i <= k} root u)^2 with s_k its segments, plus the
+    word lines' diagonal). prefix, quadratic: scratch (cols, lanes)."""
+    rows, cols, lanes = root.shape
+    prefix[:] = 0
+    quadratic[:] = 0
+    norm[:] = 0
+    for i in range(rows):
+        for j in range(cols):
+            q = qb[i, j]
+            segment = q - qb[i + 1, j] if i + 1 < rows else q
+            r = rw[i, j]
+            for b in range(lanes):
+                d = root[i, j, b] * root[i, j, b]
+                f = d * q  # root u
+                prefix[j, b] += f
+                norm[j, b] += d * q * q
+                quadratic[j, b] += segment * prefix[j, b] * prefix[j, b] + r * f * f
+    for j in range(cols):
+        for b in range(lanes):
+            n, quad = norm[j, b], quadratic[j, b]
+            gamma[j, b] = -quad / (n * (n + quad)) if n > 0 else 0
+
+
+@njit(**_FLAGS)
 def _cg(root, rhs, rw, qb, relative, limit, fields, scratch, lanes_scratch):  # pragma: no cover
-    """z with (1 + W D) z = rhs for one item, D = root^2 (slopes, >= 0): conjugate gradients
-    on (1 + S) y = root rhs, S = root W root, until each lane's residual shrank by `relative`;
-    then rhs - W (root y) is written into rhs. fields: y, r, p, q like rhs (rows, cols, lanes),
-    with r = root rhs already, lanes_scratch[0] = r . r and scratch[3 + 3 cols:] the bit lines'
-    sums of qb root r (see `_subtract_drops`); lanes_scratch (6, lanes); scratch (3 + 4 cols,
-    lanes). Returns the largest |z| and the iterations (-1: `limit` reached).
+    """z with (1 + W D) z = rhs for one item, D = root^2 (slopes, >= 0): preconditioned
+    conjugate gradients on (1 + S) y = root rhs, S = root W root, until each lane's residual
+    shrank by `relative`; then rhs - W (root y) is written into rhs. fields: y, r, p, q like
+    rhs (rows, cols, lanes), with r = root rhs already, lanes_scratch[0] = r . r and
+    scratch[3 + 3 cols: 3 + 4 cols] the bit lines' sums of qb root r (see `_subtract_drops`);
+    lanes_scratch (7, lanes); scratch (3 + 6 cols, lanes). Returns the largest |z| and the
+    iterations (-1: `limit` reached).
 
     Two passes per iteration: the product with S needs each bit line's sum of qb root p before
-    its running sums; that sum follows p's recurrence p = r + beta p from the sums of qb root r
-    taken in the previous iteration's update pass."""
+    its running sums; that sum follows p's recurrence p = M r + beta p from the sums of qb root
+    r taken in the previous iteration's update pass. The preconditioner M = 1 + sum_j u_j
+    gamma_j u_j^T (two-level: identity, and on each bit line's smooth mode u_j = root qb the
+    inverse of S's Rayleigh quotient there, see `_coarse_weights`) needs only those sums too:
+    it takes the largest eigenvalues of S (the bit lines' smooth modes, ~ 1 + rho) to ~ 1 and
+    the condition number of low-R tiles from ~ 6 to ~ 2.6 (dense check on 113 x 50)."""
     rows, cols, lanes = rhs.shape
     y, r, p, q = fields[0], fields[1], fields[2], fields[3]
     prefix, running = scratch[3 + cols : 3 + 2 * cols], scratch[3 + 2 * cols : 3 + 3 * cols]
     sums_p, sums_r = scratch[3 : 3 + cols], scratch[3 + 3 * cols : 3 + 4 * cols]
+    gamma, norm = scratch[3 + 4 * cols : 3 + 5 * cols], scratch[3 + 5 * cols : 3 + 6 * cols]
     rr, target, beta = lanes_scratch[0], lanes_scratch[1], lanes_scratch[2]
-    pq, total, word = lanes_scratch[3], lanes_scratch[4], lanes_scratch[5]
+    pq, total, word, rz = lanes_scratch[3], lanes_scratch[4], lanes_scratch[5], lanes_scratch[6]
+    _coarse_weights(root, rw, qb, gamma, norm, prefix, running)
     for b in range(lanes):
         target[b] = relative * relative * rr[b]
     beta[:] = 0
@@ -196,25 +247,37 @@ def _cg(root, rhs, rw, qb, relative, limit, fields, scratch, lanes_scratch):  # 
             return 0.0, -1
         first = iterations == 0
         iterations += 1
-        for j in range(cols):  # the bit lines' sums of qb root p, p = r + beta p
+        rz[:] = rr  # r . M r
+        for j in range(cols):
             for b in range(lanes):
-                sums_p[j, b] = sums_r[j, b] + beta[b] * sums_p[j, b] if not first else sums_r[
-                    j, b]  # fmt: skip
-        # p = r + beta p; q = p + root W root p; pq = p . q
+                rz[b] += gamma[j, b] * sums_r[j, b] * sums_r[j, b]
+        for b in range(lanes):  # beta held the last iteration's r . M r
+            beta[b] = 0 if first or beta[b] <= 0 else rz[b] / beta[b]
+        # the coarse coefficients c = gamma u.r (M r = r + u c), and the bit lines' sums of
+        # qb root p for p = M r + beta p: u.r + c u.u + beta (the last p's)
+        for j in range(cols):
+            for b in range(lanes):
+                coarse = gamma[j, b] * sums_r[j, b]
+                value = sums_r[j, b] + coarse * norm[j, b]
+                sums_p[j, b] = value if first else value + beta[b] * sums_p[j, b]
+                sums_r[j, b] = coarse
+        # p = M r + beta p; q = p + root W root p; pq = p . q
         prefix[:] = 0
         running[:] = 0
         pq[:] = 0
         for i in range(rows):
             total[:] = 0
             for j in range(cols):
+                t = qb[i, j]
                 if first:
                     for b in range(lanes):
-                        value = r[i, j, b]
+                        value = r[i, j, b] + root[i, j, b] * t * sums_r[j, b]
                         p[i, j, b] = value
                         total[b] += root[i, j, b] * value
                 else:
                     for b in range(lanes):
-                        value = r[i, j, b] + beta[b] * p[i, j, b]
+                        value = r[i, j, b] + root[i, j, b] * t * sums_r[j, b] + beta[b] * p[
+                            i, j, b]  # fmt: skip
                         p[i, j, b] = value
                         total[b] += root[i, j, b] * value
             word[:] = 0
@@ -233,8 +296,8 @@ def _cg(root, rhs, rw, qb, relative, limit, fields, scratch, lanes_scratch):  # 
                     q[i, j, b] = value2
                     pq[b] += value * value2
         for b in range(lanes):
-            pq[b] = rr[b] / pq[b] if pq[b] > 0 else 0  # alpha
-            beta[b] = rr[b]
+            pq[b] = rz[b] / pq[b] if pq[b] > 0 else 0  # alpha
+            beta[b] = rz[b]  # kept for the next beta
             rr[b] = 0
         sums_r[:] = 0
         for i in range(rows):
@@ -251,8 +314,6 @@ def _cg(root, rhs, rw, qb, relative, limit, fields, scratch, lanes_scratch):  # 
                     r[i, j, b] = value
                     rr[b] += value * value
                     sums_r[j, b] += t * root[i, j, b] * value
-        for b in range(lanes):
-            beta[b] = rr[b] / beta[b] if beta[b] > 0 else 0
     if iterations == 0:
         return _largest(rhs), 0
     return _subtract_drops(y, root, rhs, rw, qb, scratch, y[:0], y, rr), iterations
@@ -294,7 +355,7 @@ def _newton_item(applied, c, beta, linear, rw, qb, limit, scale, max_iterations,
         size = _subtract_drops(
             flow, flow[:0], step, rw, qb, scratch, root, work[4], lanes_scratch[0]
         )
-        forcing = _forcing_term(size, scale, limit)
+        forcing = forcing_term(size, scale, limit)
         moved, iterations = _cg(root, step, rw, qb, forcing, cg_limit, work[3:], scratch,
                                 lanes_scratch)  # fmt: skip
         if iterations < 0:
@@ -318,7 +379,7 @@ def _forward_item(item, parts):  # pragma: no cover - compiled
     tile = item % c.shape[0]
     rows, cols, lanes = v.shape[1:]
     fields = work[thread]
-    lanes_scratch = np.empty((6, lanes), v.dtype)
+    lanes_scratch = np.empty((7, lanes), v.dtype)
     iterations[item] = _newton_item(
         applied[item], c[tile], beta[tile], linear, rw, qb, limit, scale, max_iterations,
         cg_limit, v[item], fields, scratch[thread], lanes_scratch, k,
@@ -347,7 +408,7 @@ def _backward_item(item, parts):  # pragma: no cover - compiled
     fields = work[thread]
     flow, root, mu = fields[0], fields[1], fields[2]
     r = fields[4]
-    lanes_scratch = np.empty((6, lanes), v.dtype)
+    lanes_scratch = np.empty((7, lanes), v.dtype)
     volts = v[item]
     _devices(volts, mu, h[item, :0], _largest(volts), c[tile], beta[tile], linear, flow, root, k)
     rr = lanes_scratch[0]
@@ -476,7 +537,7 @@ class LaneSolve:
         dtype = self.volts.dtype
         h = _to_lanes(grad_out.astype(dtype, copy=False), chunks, lanes)
         work = _workspace((_threads(), 7, rows, cols, lanes), dtype)
-        scratch = np.empty((work.shape[0], 3 + 4 * cols, lanes), dtype)
+        scratch = np.empty((work.shape[0], 3 + 6 * cols, lanes), dtype)
         grad_v = np.empty((items, rows, lanes), dtype)
         grad_c = np.empty((items, rows, cols), dtype)
         grad_beta = np.empty((items, rows, cols), dtype)
@@ -536,7 +597,7 @@ def forward(
     lane_applied = _to_lanes(applied, chunks, lanes)
     volts = empty((items, rows, cols, lanes), dtype)
     work = _workspace((_threads(), 7, rows, cols, lanes), dtype)
-    scratch = np.empty((work.shape[0], 3 + 4 * cols, lanes), dtype)
+    scratch = np.empty((work.shape[0], 3 + 6 * cols, lanes), dtype)
     out = np.empty((items, cols, lanes), dtype)
     power = np.empty((items, lanes), dtype)
     iterations = np.zeros(items, np.int64)

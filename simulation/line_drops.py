@@ -23,18 +23,19 @@ devices and one batched matrix product per line type, in the inputs' dtype (floa
 solved in float32). Gradients by the adjoint method: mu = (1 + W D)^-1 h for the outputs'
 gradient h and the slopes D at the solution, by the same iteration. Stronger devices (rho up
 to `NEWTON_LIMIT`, e.g. low-R SiOx on 128 x 64 tiles, rho ~ 8) go to inexact Newton with
-conjugate gradients (`newton`, `solve_jacobian`: about four Newton steps and four CG iterations
-each for low-R; the cost is the products with W, 0.8 GFLOP each for a 784-input layer and 64
+conjugate gradients (`newton`, `solve_jacobian`: four Newton steps and ~20 CG iterations in all
+for low-R; the cost is the products with W, 0.8 GFLOP each for a 784-input layer and 64
 vectors). `DropSolver.rate_bound` tells which applies;
 `simulation.circuit.crossbar_currents` uses this module when rho <= `NEWTON_LIMIT` and its
 nodal solvers otherwise.
 
 On CPU tensors, devices with a closed form (`ElementwiseDevices.closed_form`: linear and
 Poole-Frenkel) are solved by the compiled kernels of `simulation.drop_kernels` in both regimes:
-Newton with the same conjugate gradients, forcing terms and stopping rules, one tile and up to 32
-vectors at a time with W applied by running sums (O(rows cols) per vector instead of two dense
-products). The torch operations here serve other devices (and `USE_COMPILED = False`) and are
-the kernels' reference in the tests.
+Newton with the same forcing terms and stopping rules, its conjugate gradients preconditioned
+(the bit lines' smooth modes), one tile and up to 32 vectors at a time, W applied by running
+sums (O(rows cols) per vector instead of two dense products): low-R tiles take three Newton
+steps and ~14 CG iterations. The torch operations here serve other devices (and
+`USE_COMPILED = False`) and are the kernels' reference in the tests.
 """
 
 from __future__ import annotations
@@ -48,21 +49,6 @@ import torch
 
 if TYPE_CHECKING:
     from simulation.circuit import CrossbarLines, ElementwiseDevices
-
-FORCING = 0.003
-"""Largest relative residual a Newton step's conjugate gradients are asked for (inexact Newton:
-far from the solution a step need not be solved accurately; see `forcing_term`)."""
-
-
-def forcing_term(size: float, scale: float, limit: float) -> float:
-    """The relative residual asked of a Newton step's linear solve when the residual's largest
-    element is `size` volts, the applied voltages' `scale` and the stopping `limit`: FORCING,
-    falling as (size / scale)^1.5 near the solution (superlinear convergence), never below
-    what the limit needs (0.1 limit / size). On low-R SiOx tiles this converges in three Newton
-    steps where FORCING = 0.03 with a linear fall took four, with fewer CG iterations in all."""
-    tiny = 1e-300
-    return min(FORCING, max((size / max(scale, tiny)) ** 1.5, 0.1 * limit / max(size, tiny)))
-
 
 RATE_LIMIT = 0.1
 """Largest contraction bound rho for which the fixed point is used (about ten iterations to
@@ -261,11 +247,13 @@ def newton(
     max_iterations: int,
 ) -> tuple[torch.Tensor, int]:
     """Device voltages of F(v) = v - V + W I(v) = 0 by inexact Newton from v = V, each step
-    solved by `solve_jacobian` to the relative residual min(FORCING, max(|F| / |V|, 0.1 limit /
-    |F|)) (largest elements); stops when the error left is at most the limit = tolerance (at
+    solved by `solve_jacobian` to the relative residual `simulation.drop_kernels.forcing_term`
+    (largest elements); stops when the error left is at most the limit = tolerance (at
     least the dtype's accuracy) times the largest |V|: a step moved no voltage by more, or the
     estimate from the last two steps (quadratic convergence, times 4) plus the last linear
     solve's residual is below it."""
+    from simulation.drop_kernels import forcing_term  # numba: imported on first use
+
     floor = DTYPE_ACCURACY.get(applied.dtype, 2.0**-46)
     scale = _largest(applied)
     limit = max(tolerance, floor) * scale

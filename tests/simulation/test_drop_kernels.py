@@ -184,3 +184,28 @@ def test_a_forked_child_solves_on_one_thread() -> None:
     child.join(timeout=60)
     assert child.exitcode == 0
     np.testing.assert_allclose(result, parent, rtol=1e-12)
+
+
+def test_coarse_weights_are_the_rayleigh_quotients_of_the_bit_line_modes() -> None:
+    """The preconditioner's coarse correction: for each bit line's mode u = root qb, u.u and
+    gamma = (1 / E - 1) / u.u with E = 1 + u.S u / u.u, S = root W root, against dense W."""
+    rng = np.random.default_rng(4)
+    shape, lanes = (9, 5), 3
+    lines = CrossbarLines.build(shape, rng.uniform(0.2, 0.6, shape), rng.uniform(0.2, 0.6, shape))
+    solver = DropSolver(lines)
+    size = shape[0] * shape[1]
+    unit = torch.eye(size, dtype=torch.float64).reshape(size, *shape)
+    dense = -solver.subtract_drops(torch.zeros(()), unit).reshape(size, size).numpy().T
+    root = rng.uniform(0.01, 0.06, (*shape, lanes))
+    gamma, norm, work = (np.empty((shape[1], lanes)) for _ in range(3))
+    drop_kernels._coarse_weights(root, solver.to_driver, solver.to_sense, gamma, norm, work,
+                                 np.empty_like(work))  # fmt: skip
+    for b in range(lanes):
+        s = root[..., b].ravel()[:, None] * dense * root[..., b].ravel()[None, :]
+        for j in range(shape[1]):
+            u = np.zeros(shape)
+            u[:, j] = root[:, j, b] * solver.to_sense[:, j]
+            u = u.ravel()
+            assert norm[j, b] == pytest.approx(u @ u, rel=1e-12)
+            rayleigh = 1 + u @ s @ u / (u @ u)
+            assert gamma[j, b] == pytest.approx((1 / rayleigh - 1) / (u @ u), rel=1e-10)
