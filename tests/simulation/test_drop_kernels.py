@@ -91,6 +91,16 @@ def test_float64_solve_and_adjoint_match_the_torch_path(lines_case: str, batch: 
     _assert_close(_compiled(solver, c, beta, voltages, grad, 1e-13), reference, 1e-9)
 
 
+@pytest.mark.parametrize("shape", [(1, 9), (9, 1), (1, 1)])
+def test_single_line_arrays_match_the_torch_path(shape: tuple[int, int]) -> None:
+    lines, c, beta, voltages, grad = _problem(
+        torch.float64, 5, 2, shape, "driver and sense", (0.2, 0.6), 1
+    )
+    solver = DropSolver(lines)
+    reference = _reference(solver, c, beta, voltages, grad, 1e-13)
+    _assert_close(_compiled(solver, c, beta, voltages, grad, 1e-13), reference, 1e-9)
+
+
 def test_float32_solve_and_adjoint_reach_float32_accuracy() -> None:
     """A 113 x 50 low-R tile (rate bound ~ 8) in float32 against the torch path in float64:
     outputs and power to 2e-5, gradients to 1e-4 of their largest values."""
