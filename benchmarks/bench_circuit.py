@@ -12,7 +12,7 @@ Issue 7's targets: >= 20x badcrossbar from 128 x 128 (high-R), a training step w
 resistance within 20x of the step without, peak RSS of the 512 x 512 solve under 2 GiB.
 
 Run: python -m benchmarks.bench_circuit [--sizes 64 128 256 512] [--windows high-R low-R]
-[--steps 10] [--repeats 3] [--skip solver training memory]
+[--steps 10] [--rounds 5] [--repeats 3] [--skip solver training memory]
 """
 
 from __future__ import annotations
@@ -136,25 +136,35 @@ def _training_step(device: str, lines: LineResistance | None, steps: int) -> Cal
     return step
 
 
-def training_step_table(steps: int) -> None:
+def training_step_table(steps: int, rounds: int) -> None:
     """Median step times with line resistance off and on, the two steps taking turns (the
-    shared machine's speed drifts; both medians then see the same drift)."""
+    shared machine's speed drifts; both medians then see the same drift), in `rounds` rounds
+    of `steps`; the table gives the median over rounds of each round's medians and ratio."""
     rows = []
     for device in ("siox-high-r", "siox-low-r"):
-        runs = [_training_step(device, lines, steps + 1)
+        runs = [_training_step(device, lines, rounds * steps + 1)
                 for lines in (None, LineResistance(0.35, 0.32, (128, 64)))]  # fmt: skip
-        times: list[list[float]] = [[], []]
-        for index in range(steps + 1):
-            for run, record in zip(runs, times, strict=True):
-                start = time.perf_counter()
-                run(index)
-                record.append(time.perf_counter() - start)
-        off, on = (float(np.median(record[1:])) for record in times)  # the first: warm-up
-        rows.append([device, "off", f"{off * 1e3:.1f}", "1.0x"])
-        rows.append([device, "0.35/0.32 Ohm, 128x64 tiles", f"{on * 1e3:.1f}", f"{on / off:.1f}x"])
-    print(f"\nTraining step, 784-25-10, batch 64, PF devices, resample (median of {steps}, "
-          "off and on alternating)")  # fmt: skip
-    print_table(["device", "line resistance", "ms/step", "vs off"], rows)
+        for run in runs:
+            run(0)  # warm-up (and the kernels' first-use compile)
+        medians: list[tuple[float, float]] = []
+        for first in range(1, rounds * steps + 1, steps):
+            times: list[list[float]] = [[], []]
+            for index in range(first, first + steps):
+                for run, record in zip(runs, times, strict=True):
+                    start = time.perf_counter()
+                    run(index)
+                    record.append(time.perf_counter() - start)
+            medians.append((float(np.median(times[0])), float(np.median(times[1]))))
+        ratios = [on / off for off, on in medians]
+        off, on = (float(np.median(column)) for column in zip(*medians, strict=True))
+        rows.append([device, "off", f"{off * 1e3:.1f}", "1.0x", ""])
+        rows.append([
+            device, "0.35/0.32 Ohm, 128x64 tiles", f"{on * 1e3:.1f}",
+            f"{float(np.median(ratios)):.1f}x", " ".join(f"{r:.1f}" for r in ratios),
+        ])  # fmt: skip
+    print(f"\nTraining step, 784-25-10, batch 64, PF devices, resample ({rounds} rounds of "
+          f"{steps} steps, off and on alternating; medians over rounds)")  # fmt: skip
+    print_table(["device", "line resistance", "ms/step", "vs off", "each round"], rows)
 
 
 def _peak_rss_kib() -> int:
@@ -186,7 +196,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
     parser.add_argument("--windows", nargs="+", default=["high-R"], choices=list(WINDOWS))
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="training steps per round")
+    parser.add_argument("--rounds", type=int, default=5, help="training: median over rounds")
     parser.add_argument("--badcrossbar-limit", type=float, default=600.0)
     parser.add_argument("--repeats", type=int, default=3, help="solver timings: median of")
     parser.add_argument("--skip", nargs="*", default=[], choices=["solver", "training", "memory"])
@@ -195,11 +206,11 @@ def main() -> None:
     if args.peak_memory_child:
         peak_memory_child()
         return
+    if "training" not in args.skip:  # first: badcrossbar's solves leave the process slower
+        training_step_table(args.steps, args.rounds)
     if "solver" not in args.skip:
         for window in args.windows:
             solver_table(args.sizes, window, args.badcrossbar_limit, args.repeats)
-    if "training" not in args.skip:
-        training_step_table(args.steps)
     if "memory" not in args.skip:
         result = subprocess.run(
             [sys.executable, "-m", "benchmarks.bench_circuit", "--peak-memory-child"],
