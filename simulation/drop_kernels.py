@@ -21,7 +21,7 @@ item (a tile and up to `LANES` vectors) is finished before the next, with
 Arrays: fields (items, rows, cols, lanes), device parameters (tiles, rows, cols) indexed by the
 item's tile, applied voltages (items, rows, lanes). Items run in parallel, handed out one by
 one (numba's OpenMP layer: not fork-safe, so forked children run on one thread; see
-`simulation.line_sweeps`). Compiled on first use (~40 s per dtype) and cached in __pycache__;
+`simulation.line_sweeps`). Compiled on first use (40-60 s per dtype), cached in __pycache__;
 numba's cache does not see changes in other modules, so everything compiled here is defined
 here.
 """
