@@ -519,12 +519,18 @@ def _from_lanes(array: np.ndarray, batch: int, tiles: int) -> np.ndarray:
     return out.reshape(chunks * lanes, tiles, n)[:batch]
 
 
+def _scratch(rows: int, cols: int, lanes: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per thread: seven fields (kept, `_workspace`) and the lines' running sums."""
+    work = _workspace((_threads(), 7, rows, cols, lanes), dtype)
+    return work, np.empty((work.shape[0], 3 + 6 * cols, lanes), dtype)
+
+
 class LaneSolve:
     """A forward solve (`forward`) kept for its adjoint (`backward`): the device voltages in the
-    lane layout and the arrays they came from."""
+    lane layout and the kernels' arrays they came from (beta is c for linear devices)."""
 
-    def __init__(self, c, beta, rw, qb, volts, batch, max_iterations):
-        self.c, self.beta, self.rw, self.qb = c, beta, rw, qb
+    def __init__(self, c, beta, linear, rw, qb, volts, batch, max_iterations):
+        self.c, self.beta, self.linear, self.rw, self.qb = c, beta, linear, rw, qb
         self.volts, self.batch, self.max_iterations = volts, batch, max_iterations
 
     def backward(self, grad_out: np.ndarray, relative: float):
@@ -536,15 +542,12 @@ class LaneSolve:
         chunks = items // tiles
         dtype = self.volts.dtype
         h = _to_lanes(grad_out.astype(dtype, copy=False), chunks, lanes)
-        work = _workspace((_threads(), 7, rows, cols, lanes), dtype)
-        scratch = np.empty((work.shape[0], 3 + 6 * cols, lanes), dtype)
+        work, scratch = _scratch(rows, cols, lanes, dtype)
         grad_v = np.empty((items, rows, lanes), dtype)
         grad_c = np.empty((items, rows, cols), dtype)
         grad_beta = np.empty((items, rows, cols), dtype)
         iterations = np.zeros(items, np.int64)
-        linear = self.beta is None
-        beta = self.c if linear else self.beta
-        parts = (h, self.c, beta, linear, self.rw, self.qb, float(relative),
+        parts = (h, self.c, self.beta, self.linear, self.rw, self.qb, float(relative),
                  50 * self.max_iterations, self.volts, work, scratch, grad_v, grad_c, grad_beta,
                  iterations, constants(dtype))  # fmt: skip
         _run(_backward_serial, _backward_parallel, items, parts)
@@ -554,7 +557,10 @@ class LaneSolve:
                 f"{50 * self.max_iterations} iterations"
             )
         grad_c = grad_c.reshape(chunks, tiles, rows, cols).sum(axis=0)
-        grad_beta = None if linear else grad_beta.reshape(chunks, tiles, rows, cols).sum(axis=0)
+        if self.linear:
+            grad_beta = None
+        else:
+            grad_beta = grad_beta.reshape(chunks, tiles, rows, cols).sum(axis=0)
         return _from_lanes(grad_v, self.batch, tiles), grad_c, grad_beta
 
 
@@ -596,8 +602,7 @@ def forward(
     items = chunks * tiles
     lane_applied = _to_lanes(applied, chunks, lanes)
     volts = empty((items, rows, cols, lanes), dtype)
-    work = _workspace((_threads(), 7, rows, cols, lanes), dtype)
-    scratch = np.empty((work.shape[0], 3 + 6 * cols, lanes), dtype)
+    work, scratch = _scratch(rows, cols, lanes, dtype)
     out = np.empty((items, cols, lanes), dtype)
     power = np.empty((items, lanes), dtype)
     iterations = np.zeros(items, np.int64)
@@ -620,5 +625,5 @@ def forward(
             f"crossbar_currents: Newton's method did not converge in {max_iterations} iterations"
         )
     total_power = power.reshape(chunks, tiles, lanes).sum(axis=1).reshape(-1)[:batch]
-    solve = LaneSolve(c, None if linear else beta, rw, qb, volts, batch, max_iterations)
+    solve = LaneSolve(c, beta, linear, rw, qb, volts, batch, max_iterations)
     return _from_lanes(out, batch, tiles), total_power, int(iterations.max()), solve

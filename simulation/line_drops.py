@@ -299,7 +299,7 @@ class DropCrossbar(torch.autograd.Function):
             ctx.lane_solve, out, power = _compiled_forward(
                 solver, closed, applied[..., 0], tolerance, max_iterations
             )
-            ctx.devices, ctx.tolerance = devices, tolerance
+            ctx.dtype, ctx.tolerance = dtype, tolerance
             ctx.mark_non_differentiable(power)
             return out.to(voltages.dtype), power.to(voltages.dtype)
         if rate > RATE_LIMIT:
@@ -389,9 +389,8 @@ def _compiled_forward(
 def _compiled_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     """`DropCrossbar.backward` for a compiled forward solve: the adjoint to the same accuracy
     as the torch path's."""
-    solve = ctx.lane_solve
-    floor = DTYPE_ACCURACY.get(torch.from_numpy(solve.volts[:0]).dtype, 2.0**-46)
-    grad_v, grad_c, grad_beta = solve.backward(
+    floor = DTYPE_ACCURACY[ctx.dtype]
+    grad_v, grad_c, grad_beta = ctx.lane_solve.backward(
         grad_out.detach().numpy(), max(ctx.tolerance, 4 * floor)
     )
     grads = [None] * (len(ctx.needs_input_grad) - 6)
